@@ -1,0 +1,99 @@
+"""The ``desilab`` command line: one traitlets application with subcommands.
+
+Every subcommand is a :class:`DesilabCommand`, so each reads the same
+``desilab_config.py`` (see ``desilab generate-config``) and every option is a
+configurable trait whose help text is the reference documentation.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from traitlets import Unicode, default
+from traitlets.config import Application, catch_config_error
+
+#: subcommand name -> (import path of its Application class, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "up": ("desilab.hub.app.UpApp", "Run the platform: PostgreSQL, JupyterHub, proxy, services."),
+    "generate-config": (
+        "desilab.hub.app.GenerateConfigApp",
+        "Write desilab_config.py with every option and its help text.",
+    ),
+}
+
+
+def default_home() -> Path:
+    """DESILAB_HOME, else ``~/.local/share/desilab``."""
+    env = os.environ.get("DESILAB_HOME")
+    if env:
+        return Path(env).expanduser().resolve()
+    return Path("~/.local/share/desilab").expanduser().resolve()
+
+
+class DesilabCommand(Application):
+    """Base class of desilab's subcommands: shared home and config file."""
+
+    name = "desilab"
+
+    home = Unicode(
+        help="""Folder for desilab's state: hub database, secrets, embedded PostgreSQL
+        data, user homes. Default: $DESILAB_HOME, else ~/.local/share/desilab.""",
+    ).tag(config=True)
+
+    @default("home")
+    def _home_default(self) -> str:
+        return str(default_home())
+
+    config_file = Unicode(
+        "desilab_config.py",
+        help="""The configuration file to load. Relative paths are tried in the current
+        folder, then in the desilab home.""",
+    ).tag(config=True)
+
+    aliases = {
+        "home": "DesilabCommand.home",
+        "config": "DesilabCommand.config_file",
+        "log-level": "Application.log_level",
+    }
+
+    @catch_config_error
+    def initialize(self, argv: list[str] | None = None) -> None:
+        super().initialize(argv)
+        if self.subapp is not None:
+            return
+        self.load_desilab_config()
+
+    def load_desilab_config(self) -> None:
+        """Load the config file, letting the command line win over it."""
+        cli_config = self.config.copy()
+        path = Path(self.config_file)
+        candidates = [path] if path.is_absolute() else [Path.cwd() / path, Path(self.home) / path]
+        for candidate in candidates:
+            if candidate.is_file():
+                self.load_config_file(candidate.name, path=[str(candidate.parent)])
+                self.log.info("Loaded config file %s", candidate)
+                break
+        self.update_config(cli_config)
+
+
+class DesilabApp(DesilabCommand):
+    """``desilab``: the entry point that dispatches to a subcommand."""
+
+    description = "desilab: a JupyterHub research environment for DESI Data Release 1."
+    subcommands = {name: (path, text) for name, (path, text) in SUBCOMMANDS.items()}
+
+    def start(self) -> None:
+        if self.subapp is None:
+            self.print_subcommands()
+            print("Run `desilab SUBCOMMAND --help` for the options of one.")
+            self.exit(1)
+        self.subapp.start()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    app = DesilabApp.instance()
+    app.initialize(argv if argv is not None else sys.argv[1:])
+    app.start()
