@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import signal
 import sys
@@ -126,6 +127,8 @@ class UpApp(DesilabCommand):
         c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{self.proxy_api_port}"
         c.ConfigurableHTTPProxy.pid_file = str(home / "run" / "proxy.pid")
         c.ProfileSpawner.users_root = str(home / "users")
+        # one cgroup parent per installation, so two hubs never share a server's group
+        c.LimitEnforcer.cgroup_parent = "desilab-" + hashlib.sha1(str(home).encode()).hexdigest()[:8]
         if admin_dsn:
             from ..desi.roles import ensure_user_role
 

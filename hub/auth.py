@@ -7,7 +7,35 @@ import secrets
 import sys
 
 from nativeauthenticator import NativeAuthenticator
+from nativeauthenticator.handlers import LoginHandler as NativeLoginHandler
 from traitlets import Unicode
+
+
+class _NoStatsd:
+    """Stands in for the statsd client JupyterHub 6 removed."""
+
+    def timer(self, *args, **kwargs) -> _NoStatsd:
+        return self
+
+    def start(self) -> _NoStatsd:
+        return self
+
+    def stop(self, *args, **kwargs) -> None:
+        pass
+
+
+class LoginHandler(NativeLoginHandler):
+    """NativeAuthenticator 1.3's login page, made to work with JupyterHub 6.
+
+    1.3 times logins with ``self.statsd`` (gone in JupyterHub 6: every login
+    answered 500) and its ``_render`` does not accept the arguments JupyterHub 6
+    passes when it shows a login error.
+    """
+
+    statsd = _NoStatsd()
+
+    def _render(self, login_error=None, username=None, **ignored):
+        return super()._render(login_error=login_error, username=username)
 
 
 class DesilabAuthenticator(NativeAuthenticator):
@@ -26,6 +54,12 @@ class DesilabAuthenticator(NativeAuthenticator):
         super().__init__(*args, **kwargs)
         self.admin_users = set(self.admin_users) | {self.admin_name}
         self.ensure_admin()
+
+    def get_handlers(self, app):
+        return [
+            (path, LoginHandler if path == r"/login" else handler)
+            for path, handler in super().get_handlers(app)
+        ]
 
     def ensure_admin(self) -> None:
         """Create the admin account if it does not exist yet."""

@@ -236,6 +236,8 @@ class ProfileSpawner(Spawner):
             "DESILAB_GPUS": ",".join(gpus),
             # CPU profiles hide every GPU, so nobody uses a device they weren't given
             "CUDA_VISIBLE_DEVICES": ",".join(gpus),
+            # NVML and nvidia-smi number GPUs in PCI order; make CUDA agree
+            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
         }
         env.update({name: str(len(cores)) for name in THREAD_VARIABLES})
         env.update(profile.environment)

@@ -110,6 +110,15 @@ def test_pinned_to_core_zero(make_plan, detected):
     assert out.stdout.split() == ["[0]", detected["cpu"]]
 
 
+def test_no_limits_runs_unconstrained(make_plan):
+    plan = make_plan("free", ResourceLimits())
+    out = run(plan, "import os; print(sorted(os.sched_getaffinity(0)))")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(sorted(os.sched_getaffinity(0)))
+    assert plan.rlimit_as is None
+    assert run(plan, ALLOC, "300").returncode == 0
+
+
 def test_kill_remaining_reaches_grandchild(make_plan):
     plan = make_plan("orphans", ResourceLimits(memory_bytes=100 * MiB))
     code = (

@@ -1,0 +1,1 @@
+"""Test support: real hubs on loopback, kernel execution, failure-injecting backends."""
