@@ -128,7 +128,8 @@ class UpApp(DesilabCommand):
         c.ConfigurableHTTPProxy.pid_file = str(home / "run" / "proxy.pid")
         c.ProfileSpawner.users_root = str(home / "users")
         # one cgroup parent per installation, so two hubs never share a server's group
-        c.LimitEnforcer.cgroup_parent = "desilab-" + hashlib.sha1(str(home).encode()).hexdigest()[:8]
+        digest = hashlib.sha1(str(home).encode()).hexdigest()[:8]
+        c.LimitEnforcer.cgroup_parent = f"desilab-{digest}"
         if admin_dsn:
             from ..desi.roles import ensure_user_role
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import asyncio
 
-from traitlets import Float
-
 from desilab.spawner.backends import LaunchRequest, LocalBackend
+from traitlets import Float
 
 
 class ChaosBackend(LocalBackend):

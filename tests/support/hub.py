@@ -98,15 +98,16 @@ class RunningHub:
         raise AssertionError(f"{name}'s server did not stop in {timeout} s")
 
     def server_pid(self, name: str) -> int:
-        state = self.api("GET", f"/users/{name}?include_stopped_servers").json()
         for proc in psutil.process_iter(["pid", "environ", "cmdline"]):
             env = proc.info.get("environ") or {}
-            if env.get("JUPYTERHUB_USER") == name and "jupyterhub.singleuser" in " ".join(
-                proc.info.get("cmdline") or []
+            cmdline = " ".join(proc.info.get("cmdline") or [])
+            if (
+                env.get("JUPYTERHUB_USER") == name
+                and "jupyterhub.singleuser" in cmdline
+                and env.get("HOME", "").startswith(str(self.home))
             ):
-                if env.get("HOME", "").startswith(str(self.home)):
-                    return proc.info["pid"]
-        raise AssertionError(f"no server process for {name}: {state}")
+                return proc.info["pid"]
+        raise AssertionError(f"no server process for {name}")
 
     def stop(self, timeout: float = 60) -> int:
         if self.proc.poll() is None:
