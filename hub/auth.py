@@ -65,14 +65,15 @@ class DesilabAuthenticator(NativeAuthenticator):
         """Create the admin account if it does not exist yet."""
         if self.user_exists(self.admin_name):
             return
-        password = os.environ.get("DESILAB_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
+        given = os.environ.get("DESILAB_ADMIN_PASSWORD", "")
+        password = given or secrets.token_urlsafe(12)
         info = self.create_user(self.admin_name, password)
         if info is None:
             raise ValueError(
                 "could not create the admin account: DESILAB_ADMIN_PASSWORD must have at "
                 f"least {self.minimum_password_length} characters and not be a common password"
             )
-        if "DESILAB_ADMIN_PASSWORD" not in os.environ:
+        if not given:
             # printed once: it is not stored anywhere in clear text
             print(
                 f"\n  desilab: created the admin account {self.admin_name!r} with password: "

@@ -291,10 +291,13 @@ class ProfileSpawner(Spawner):
         self.cpu_limit = float(len(self.cores))
         try:
             return await self._launch(profile)
-        except BaseException:
+        except BaseException as e:
             await self.backend.stop(now=True)
             self.backend.clear_state()
             self._release()
+            if isinstance(e, Exception) and not isinstance(e, web.HTTPError):
+                # never a bare 500: say what failed
+                raise SpawnRefused(503, f"could not start the server for {self.owner}: {e}") from e
             raise
 
     async def _launch(self, profile: Profile) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -126,8 +127,14 @@ def start_hub(
     env: dict[str, str] | None = None,
     config: str = "",
     timeout: float = 90,
+    admin_password: str | None = ADMIN_PASSWORD,
 ) -> RunningHub:
-    """Start ``desilab up`` with a fresh or existing home; wait until its API answers."""
+    """Start ``desilab up`` with a fresh or existing home; wait until its API answers.
+
+    With ``env={"DESILAB_ADMIN_PASSWORD": ""}`` the hub generates the admin's
+    password; it is read from the log on the first start, and a later start
+    on the same home needs ``admin_password=None`` (no admin token).
+    """
     home.mkdir(parents=True, exist_ok=True)
     if config:
         (home / "desilab_config.py").write_text(config)
@@ -157,14 +164,22 @@ def start_hub(
             start_new_session=True,
         )
     hub = RunningHub(home=home, port=port, proc=proc, log_path=log_path)
+    generated = full_env["DESILAB_ADMIN_PASSWORD"] == ""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"desilab up exited with {proc.returncode}:\n{hub.log()[-4000:]}")
         try:
+            r = requests.get(f"{hub.url}/hub/api/", timeout=5)
+            if r.status_code == 200 and admin_password is None:
+                return hub
+            password = admin_password
+            if generated:
+                found = re.search(r"with password: (\S+)", hub.log())
+                password = found.group(1) if found else ""
             r = requests.post(
                 f"{hub.url}/hub/api/users/admin/tokens",
-                data=json.dumps({"auth": {"username": "admin", "password": ADMIN_PASSWORD}}),
+                data=json.dumps({"auth": {"username": "admin", "password": password}}),
                 timeout=5,
             )
             if r.status_code == 201:
