@@ -36,6 +36,7 @@ class RunningHub:
     proc: subprocess.Popen
     log_path: Path
     admin_token: str = ""
+    ports: tuple[int, int, int] = (0, 0, 0)
     tokens: dict = field(default_factory=dict)
 
     @property
@@ -128,17 +129,20 @@ def start_hub(
     config: str = "",
     timeout: float = 90,
     admin_password: str | None = ADMIN_PASSWORD,
+    ports: tuple[int, int, int] | None = None,
 ) -> RunningHub:
     """Start ``desilab up`` with a fresh or existing home; wait until its API answers.
 
     With ``env={"DESILAB_ADMIN_PASSWORD": ""}`` the hub generates the admin's
     password; it is read from the log on the first start, and a later start
-    on the same home needs ``admin_password=None`` (no admin token).
+    on the same home needs ``admin_password=None`` (no admin token). A restart
+    that must reach servers still running passes the first hub's ``ports``.
     """
     home.mkdir(parents=True, exist_ok=True)
     if config:
         (home / "desilab_config.py").write_text(config)
-    port = free_port()
+    ports = ports or (free_port(), free_port(), free_port())
+    port = ports[0]
     full_env = {
         **os.environ,
         "DESILAB_HOME": str(home),
@@ -151,8 +155,8 @@ def start_hub(
         str(DESILAB),
         "up",
         f"--port={port}",
-        f"--hub-port={free_port()}",
-        f"--proxy-api-port={free_port()}",
+        f"--hub-port={ports[1]}",
+        f"--proxy-api-port={ports[2]}",
     ]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -163,7 +167,7 @@ def start_hub(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    hub = RunningHub(home=home, port=port, proc=proc, log_path=log_path)
+    hub = RunningHub(home=home, port=port, proc=proc, log_path=log_path, ports=ports)
     generated = full_env["DESILAB_ADMIN_PASSWORD"] == ""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
