@@ -10,18 +10,12 @@ from pathlib import Path
 import psycopg
 import pytest
 import requests
-from support.hub import ADMIN_PASSWORD, processes_mentioning, start_hub
+from support.hub import ADMIN_PASSWORD, embedded_dsn, processes_mentioning, start_hub
 from support.login import login_session, sign_up
 
 pytestmark = pytest.mark.slow
 
 DESILAB = str(Path(sys.executable).parent / "desilab")
-
-
-def embedded_dsn(home: Path) -> str:
-    pid_lines = (home / "postgres" / "data" / "postmaster.pid").read_text().splitlines()
-    password = (home / "secrets" / "postgres-password").read_text().strip()
-    return f"host=127.0.0.1 port={pid_lines[3]} user=postgres password={password} dbname=desilab"
 
 
 def test_up_runs_postgres_16_and_sigterm_leaves_nothing_behind(tmp_path):

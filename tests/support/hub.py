@@ -196,6 +196,13 @@ def start_hub(
     raise AssertionError(f"hub did not answer in {timeout} s:\n{hub.log()[-4000:]}")
 
 
+def embedded_dsn(home: Path, dbname: str = "desilab") -> str:
+    """Superuser DSN of the embedded PostgreSQL of a hub home."""
+    pid_lines = (home / "postgres" / "data" / "postmaster.pid").read_text().splitlines()
+    password = (home / "secrets" / "postgres-password").read_text().strip()
+    return f"host=127.0.0.1 port={pid_lines[3]} user=postgres password={password} dbname={dbname}"
+
+
 def processes_mentioning(path: Path) -> list[psutil.Process]:
     """Processes whose command line or environment mentions ``path`` (orphans)."""
     found = []
