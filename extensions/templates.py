@@ -8,11 +8,13 @@ import stat
 from pathlib import Path
 
 TEMPLATES_FOLDER = "Templates"
+TUTORIALS_FOLDER = "Tutorials"
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
 def shipped_templates() -> Path:
     """The research templates that ship with desilab (``notebooks/templates``)."""
-    return Path(__file__).resolve().parents[1] / "notebooks" / "templates"
+    return NOTEBOOKS / "templates"
 
 
 def _make_writable(folder: Path) -> None:
@@ -23,13 +25,24 @@ def _make_writable(folder: Path) -> None:
 
 
 def publish_templates(home: Path, source: str | Path | None = None) -> Path:
-    """Replace ``home/Templates`` with a read-only copy of ``source``.
+    """Publish the templates (and the tutorials) read-only in ``home``.
+
+    ``home/Templates`` becomes a copy of ``source`` (default: the shipped
+    templates) and ``home/Tutorials`` a copy of the shipped tutorials.
+    Returns the Templates folder.
+    """
+    publish_read_only(NOTEBOOKS / "tutorials", Path(home) / TUTORIALS_FOLDER)
+    return publish_read_only(
+        Path(source) if source else shipped_templates(), Path(home) / TEMPLATES_FOLDER
+    )
+
+
+def publish_read_only(source: Path, dest: Path) -> Path:
+    """Replace ``dest`` with a read-only copy of ``source``.
 
     Folders become 0555 and files 0444, owned by whoever publishes (root on a
-    multi-account hub), so users can read and copy templates but not edit them.
+    multi-account hub), so users can read and copy them but not edit them.
     """
-    source = Path(source) if source else shipped_templates()
-    dest = Path(home) / TEMPLATES_FOLDER
     if dest.is_symlink() or dest.is_file():
         dest.unlink()
     elif dest.exists():

@@ -181,7 +181,7 @@ def default_profiles() -> list[dict[str, Any]]:
         {
             "slug": "gpu",
             "display_name": "GPU",
-            "description": "One exclusive GPU for training models (VAE), with 4 CPUs.",
+            "description": "One exclusive GPU for training models (VAE).",
             "cpus": 4,
             "memory": "16G",
             "gpus": 1,
