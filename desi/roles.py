@@ -116,3 +116,30 @@ def ensure_user_role(
     params = conninfo_to_dict(admin_dsn)
     params.update(user=role, password=password)
     return make_conninfo(**params)
+
+
+def database_client_env(dsn: str) -> tuple[dict[str, str], str]:
+    """libpq variables and a pgpass line, so ``psql`` works with no arguments."""
+    params = conninfo_to_dict(dsn)
+    env = {
+        "PGHOST": str(params.get("host", "")),
+        "PGPORT": str(params.get("port", "5432")),
+        "PGUSER": str(params.get("user", "")),
+        "PGDATABASE": str(params.get("dbname", "")),
+    }
+
+    def escape(value: object) -> str:
+        return str(value).replace("\\", "\\\\").replace(":", "\\:")
+
+    line = ":".join(
+        escape(params.get(k, "*")) for k in ("host", "port", "dbname", "user", "password")
+    )
+    return env, line + "\n"
+
+
+def disable_user_role(admin_dsn: str, username: str) -> None:
+    """A deleted hub user's role can no longer log in; its schema is kept."""
+    role = role_name(username)
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+            conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(role)))

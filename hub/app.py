@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import getpass
 import hashlib
 import os
 import signal
 import sys
+import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from traitlets import Bool, Dict, Integer, List, Unicode, default
 from traitlets.config import Application, Config
 
 from ..spawner import ProfileSpawner
+from ..spawner.accounts import isolation_available, make_traversable
 from ..spawner.backends import LocalBackend
 from ..spawner.limits import LimitEnforcer
 from .auth import DesilabAuthenticator
@@ -38,6 +41,9 @@ class UpApp(DesilabCommand):
     port = Integer(8000, help="Port the hub's public proxy listens on.").tag(config=True)
     hub_port = Integer(8081, help="Port of the hub's internal API (loopback).").tag(config=True)
     proxy_api_port = Integer(8001, help="Port of the proxy's REST API (loopback).").tag(config=True)
+    proxy_timeout = Integer(
+        3600, help="Seconds the proxy waits for a response from the hub or a server."
+    ).tag(config=True)
     db_url = Unicode(
         help="""PostgreSQL URL of an external catalog database (superuser or a role that
         may create roles). Empty: run the embedded PostgreSQL 16 under the desilab home.
@@ -122,7 +128,9 @@ class UpApp(DesilabCommand):
         c.NativeAuthenticator.open_signup = False
         c.NativeAuthenticator.allow_2fa = True
         c.ConfigurableHTTPProxy.command = [
-            str(Path(sys.executable).parent / "configurable-http-proxy")
+            str(Path(sys.executable).parent / "configurable-http-proxy"),
+            # the Python proxy otherwise gives up on any request after tornado's 20 s
+            f"--proxy-timeout={self.proxy_timeout * 1000}",
         ]
         c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{self.proxy_api_port}"
         c.ConfigurableHTTPProxy.pid_file = str(home / "run" / "proxy.pid")
@@ -130,8 +138,13 @@ class UpApp(DesilabCommand):
         # one cgroup parent per installation, so two hubs never share a server's group
         digest = hashlib.sha1(str(home).encode()).hexdigest()[:8]
         c.LimitEnforcer.cgroup_parent = f"desilab-{digest}"
+        c.JupyterHub.template_vars = {"desilab_single_account": not self.per_user_accounts()}
         if admin_dsn:
-            from ..desi.roles import ensure_user_role
+            from ..desi.roles import disable_user_role, ensure_user_role
+
+            c.ProfileSpawner.database_deprovisioner = functools.partial(
+                disable_user_role, admin_dsn
+            )
 
             c.ProfileSpawner.database_provisioner = functools.partial(
                 ensure_user_role,
@@ -164,6 +177,32 @@ class UpApp(DesilabCommand):
             {"name": "metrics", "scopes": ["read:metrics"], "services": ["prometheus"]},
         ]
         return c
+
+    def per_user_accounts(self) -> bool:
+        """Whether servers run under per-user system accounts (the spawner's setting)."""
+        configured = self.config.ProfileSpawner.get("per_user_accounts")
+        return bool(configured) if configured is not None else isolation_available()
+
+    def prepare_isolation(self) -> None:
+        """Per-user accounts need to reach their homes and Python; else warn loudly."""
+        if not self.per_user_accounts():
+            self.log.warning(
+                "Single-account mode: every user's server runs as %s, so users are NOT "
+                "isolated from each other (files, processes, database credentials). "
+                "Run desilab up as root for per-user accounts.",
+                getpass.getuser(),
+            )
+            return
+        targets = [
+            self.home_path / "users",
+            Path(sys.executable),
+            Path(sys.executable).resolve(),
+            Path(sysconfig.get_paths()["stdlib"]),
+            Path(__file__).resolve().parents[1],
+        ]
+        for target in targets:
+            for folder in make_traversable(target):
+                self.log.info("Made %s traversable (o+x) so user accounts reach %s", folder, target)
 
     def write_placeholder_hub_config(self) -> Path:
         """JupyterHub insists on a config file; desilab's is desilab_config.py."""
@@ -208,6 +247,7 @@ class UpApp(DesilabCommand):
         os.chmod(self.home_path / "secrets", 0o700)
         server = None
         try:
+            self.prepare_isolation()
             dsn, server = self.start_database()
             if self.demo:
                 self.load_demo(dsn)

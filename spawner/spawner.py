@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sys
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any, ClassVar
@@ -12,10 +14,12 @@ from typing import Any, ClassVar
 from jupyterhub.spawner import Spawner
 from jupyterhub.utils import random_port
 from tornado import web
-from traitlets import Callable, Float, Instance, List, Type, Unicode, default
+from traitlets import Bool, Callable, Enum, Float, Instance, List, Type, Unicode, default
 
+from ..desi.roles import database_client_env
 from ..extensions import server_env
 from ..kernels import THREAD_VARIABLES, kernel_env
+from .accounts import Account, SystemAccounts, isolation_available
 from .allocators import CoreAllocator, GPUAllocator, NoGPUFree
 from .backends import Backend, LaunchRequest, LocalBackend
 from .form import render_options_form
@@ -81,10 +85,50 @@ class ProfileSpawner(Spawner):
         PostgreSQL login role.""",
     ).tag(config=True)
 
-    ready_timeout = Float(
-        60.0,
-        help="Seconds to wait for the server to listen before the spawn fails.",
+    per_user_accounts = Bool(
+        help="""Run each user's server under a system account of its own (desilab-<name>),
+        so users cannot read each other's files, environments or credentials.
+        Default: on when the hub runs as root (the only way it can switch accounts).""",
     ).tag(config=True)
+
+    @default("per_user_accounts")
+    def _per_user_default(self) -> bool:
+        return isolation_available()
+
+    home_on_delete = Enum(
+        ["archive", "keep"],
+        default_value="archive",
+        help="""What happens to a deleted user's home: "archive" moves it to
+        <users_root>/../archive/<name>-<time> (root only), "keep" leaves it in place.
+        The user's system account is retired either way and never reused.""",
+    ).tag(config=True)
+
+    database_deprovisioner = Callable(
+        None,
+        allow_none=True,
+        help="Called as f(username) in a thread when a hub user is deleted.",
+    ).tag(config=True)
+
+    accounts = Instance(SystemAccounts)
+
+    @default("accounts")
+    def _accounts_default(self) -> SystemAccounts:
+        registry = Path(self.users_root).parent / "accounts.json"
+        return SystemAccounts(parent=self, log=self.log, registry=str(registry))
+
+    ready_timeout = Float(
+        300.0,
+        help="""Seconds to wait for the server to listen before the spawn fails. Generous
+        because a class logging in at once starts many servers on few cores.""",
+    ).tag(config=True)
+
+    @default("start_timeout")
+    def _start_timeout_default(self) -> int:
+        return int(self.ready_timeout) + 30
+
+    @default("http_timeout")
+    def _http_timeout_default(self) -> int:
+        return 120
 
     backend = Instance(Backend)
 
@@ -256,17 +300,39 @@ class ProfileSpawner(Spawner):
     def get_args(self) -> list[str]:
         args = super().get_args()
         args.append(f"--ServerApp.root_dir={self.home}")
-        if os.geteuid() == 0:
+        if os.geteuid() == 0 and not self.per_user_accounts:
             args.append("--allow-root")
         return args
 
-    def prepare_home(self) -> None:
-        """Create the user's home (0700) and publish the templates read-only."""
+    def prepare_home(self) -> Account | None:
+        """Create the user's home (0700, owned by their account) and publish templates.
+
+        Returns the user's system account, or None in single-account mode.
+        """
         from ..extensions.templates import publish_templates
 
         self.home.mkdir(parents=True, exist_ok=True)
+        account = None
+        if self.per_user_accounts:
+            account = self.accounts.account_for(self.user.name, self.home)
+            os.chown(self.home, account.uid, account.gid)
         self.home.chmod(0o700)
+        private = self.home / ".desilab"
+        private.mkdir(exist_ok=True)
+        private.chmod(0o700)
+        if account is not None:
+            os.chown(private, account.uid, account.gid)
         publish_templates(self.home, self.templates_dir or None)
+        return account
+
+    def write_private(self, path: Path, text: str, account: Account | None) -> None:
+        """Write a file only its owner (the user) can read: credentials, logs."""
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        if account is not None:
+            os.chown(path, account.uid, account.gid)
 
     # -- lifecycle ------------------------------------------------------------
     def _release(self) -> None:
@@ -301,16 +367,18 @@ class ProfileSpawner(Spawner):
             raise
 
     async def _launch(self, profile: Profile) -> str:
-        await asyncio.to_thread(self.prepare_home)
+        account = await asyncio.to_thread(self.prepare_home)
         if self.port == 0:
             self.port = random_port()
         env = self.get_env()
         if self.database_provisioner is not None:
-            env["DESILAB_DATABASE_URL"] = await asyncio.to_thread(
-                self.database_provisioner, self.user.name
-            )
+            dsn = await asyncio.to_thread(self.database_provisioner, self.user.name)
+            client_env, pgpass = database_client_env(dsn)
+            env.update(client_env, DESILAB_DATABASE_URL=dsn)
+            env["PGPASSFILE"] = str(self.home / ".desilab" / "pgpass")
+            self.write_private(Path(env["PGPASSFILE"]), pgpass, account)
         log_path = self.home / ".desilab" / "server.log"
-        log_path.parent.mkdir(exist_ok=True)
+        self.write_private(log_path, "", account)
         request = LaunchRequest(
             owner=self.owner,
             username=self.user.name,
@@ -325,6 +393,8 @@ class ProfileSpawner(Spawner):
             log_path=log_path,
             profile=profile.slug,
             overrides=dict(profile.kubespawner_override),
+            uid=account.uid if account else None,
+            gid=account.gid if account else None,
         )
         url = await self.backend.start(request)
         await self._wait_listening(request, log_path)
@@ -365,6 +435,27 @@ class ProfileSpawner(Spawner):
     async def stop(self, now: bool = False) -> None:
         await self.backend.stop(now=now)
         self._release()
+
+    async def delete_forever(self) -> None:
+        """The hub user is deleted: archive or keep the home, retire the account."""
+        if self.name:  # named servers share the user's home and account
+            return
+        await asyncio.to_thread(self._retire_user)
+
+    def _retire_user(self) -> None:
+        if self.home.exists() and self.home_on_delete == "archive":
+            stamp = time.strftime("%Y%m%dT%H%M%S")
+            archive = Path(self.users_root).parent / "archive" / f"{self.user.name}-{stamp}"
+            archive.parent.mkdir(mode=0o700, exist_ok=True)
+            shutil.move(str(self.home), archive)
+            if isolation_available():
+                os.chown(archive, 0, 0)
+            archive.chmod(0o700)
+            self.log.info("Archived the home of deleted user %s to %s", self.user.name, archive)
+        if self.per_user_accounts:
+            self.accounts.retire(self.user.name)
+        if self.database_deprovisioner is not None:
+            self.database_deprovisioner(self.user.name)
 
     # -- state ----------------------------------------------------------------
     def get_state(self) -> dict[str, Any]:

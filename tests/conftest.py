@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 from support.hub import processes_mentioning, start_hub
 
@@ -12,9 +18,30 @@ c.JupyterHub.last_activity_interval = 5
 
 
 @pytest.fixture(scope="session")
-def gpu_hub(tmp_path_factory):
+def homes_root():
+    """Where hub homes live: not under pytest's private tmp (0700, and reset to 0700
+    by every pytest start), because per-user accounts must traverse to their homes."""
+    root = Path(tempfile.mkdtemp(prefix="desilab-tests-", dir="/tmp"))
+    os.chmod(root, 0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+_counter = itertools.count()
+
+
+@pytest.fixture
+def hub_home(homes_root, request):
+    """A fresh, empty DESILAB_HOME for one test."""
+    home = homes_root / f"{request.node.name[:40]}-{next(_counter)}"
+    home.mkdir()
+    return home
+
+
+@pytest.fixture(scope="session")
+def gpu_hub(homes_root):
     """One hub for the spawn tests: two simulated GPUs, fast polling."""
-    home = tmp_path_factory.mktemp("gpu-hub")
+    home = homes_root / "gpu-hub"
     hub = start_hub(home, env={"DESILAB_GPUS": "0,1"}, config=FAST_POLL)
     yield hub
     assert hub.stop() == 0, hub.log()[-3000:]

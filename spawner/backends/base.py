@@ -39,6 +39,9 @@ class LaunchRequest:
         The profile slug, for backends that map it to something (Kubernetes).
     overrides
         Backend-specific settings from the profile (``kubespawner_override``).
+    uid, gid
+        The user's system account (local backend, hub running as root); None
+        runs the server as the hub's own account.
     """
 
     owner: str
@@ -54,6 +57,8 @@ class LaunchRequest:
     log_path: Path | None = None
     profile: str = ""
     overrides: dict[str, Any] = field(default_factory=dict)
+    uid: int | None = None
+    gid: int | None = None
 
 
 class Backend(LoggingConfigurable):

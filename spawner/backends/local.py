@@ -39,6 +39,13 @@ class LocalBackend(Backend):
         10, help="Seconds between SIGTERM and SIGKILL when stopping a server."
     ).tag(config=True)
 
+    nice = Integer(
+        5,
+        help="""Scheduling niceness of user servers (0-19). Above 0, the hub, the proxy and
+        PostgreSQL stay responsive when many servers compete for the cores (a class
+        logging in at once); users' servers compete with each other as equals.""",
+    ).tag(config=True)
+
     enforcer = Instance(LimitEnforcer)
 
     @default("enforcer")
@@ -52,8 +59,23 @@ class LocalBackend(Backend):
         self.plan: LimitPlan | None = None
 
     def preexec_fn(self, request: LaunchRequest, plan: LimitPlan):
-        """The function run in the child between fork and exec."""
-        return plan.preexec
+        """The function run in the child between fork and exec.
+
+        Limits first (joining a cgroup needs root), then the switch to the user's
+        account: groups, gid, uid, in that order, so nothing of root remains.
+        """
+        uid, gid, nice = request.uid, request.gid, self.nice
+
+        def preexec() -> None:
+            plan.preexec()
+            if nice:
+                os.nice(nice)
+            if uid is not None and gid is not None:
+                os.setgroups([])
+                os.setgid(gid)
+                os.setuid(uid)
+
+        return preexec
 
     async def start(self, request: LaunchRequest) -> str:
         name = request.owner.replace("/", "-")

@@ -18,8 +18,8 @@ pytestmark = pytest.mark.slow
 DESILAB = str(Path(sys.executable).parent / "desilab")
 
 
-def test_up_runs_postgres_16_and_sigterm_leaves_nothing_behind(tmp_path):
-    home = tmp_path / "home"
+def test_up_runs_postgres_16_and_sigterm_leaves_nothing_behind(hub_home):
+    home = hub_home
     hub = start_hub(home, env={"DESILAB_ADMIN_PASSWORD": ""})
     try:
         log = hub.log()
@@ -117,9 +117,9 @@ c.Spawner.poll_interval = 1
 
 
 @pytest.fixture(scope="module")
-def chaos_hub(tmp_path_factory):
+def chaos_hub(homes_root):
     """A hub on a machine without GPUs whose backend fails on demand."""
-    hub = start_hub(tmp_path_factory.mktemp("chaos"), env={"DESILAB_GPUS": ""}, config=CHAOS)
+    hub = start_hub(homes_root / "chaos", env={"DESILAB_GPUS": ""}, config=CHAOS)
     yield hub
     assert hub.stop() == 0
 

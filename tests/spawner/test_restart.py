@@ -16,8 +16,8 @@ c.Spawner.poll_interval = 1
 VISIBLE = "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])"
 
 
-def test_restart_keeps_gpu_allocations(tmp_path):
-    home = tmp_path / "home"
+def test_restart_keeps_gpu_allocations(hub_home):
+    home = hub_home
     env = {"DESILAB_GPUS": "0,1"}
     hub = start_hub(home, env=env, config=KEEP_SERVERS)
     try:

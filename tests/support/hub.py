@@ -130,6 +130,7 @@ def start_hub(
     timeout: float = 90,
     admin_password: str | None = ADMIN_PASSWORD,
     ports: tuple[int, int, int] | None = None,
+    user: str | None = None,
 ) -> RunningHub:
     """Start ``desilab up`` with a fresh or existing home; wait until its API answers.
 
@@ -166,6 +167,10 @@ def start_hub(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # all three: a process left in group root cannot enter /root (mode 0701)
+            user=user,
+            group=user,
+            extra_groups=[] if user else None,
         )
     hub = RunningHub(home=home, port=port, proc=proc, log_path=log_path, ports=ports)
     generated = full_env["DESILAB_ADMIN_PASSWORD"] == ""
