@@ -21,6 +21,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "desilab.hub.app.GenerateConfigApp",
         "Write desilab_config.py with every option and its help text.",
     ),
+    "mock": (
+        "desilab.desi.cli.MockApp",
+        "Write a mock DR1 (DR1 file formats and layout) with its truth tables.",
+    ),
 }
 
 

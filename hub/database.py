@@ -9,7 +9,6 @@ accounts and must reach it, and nobody may log in without a password.
 from __future__ import annotations
 
 import logging
-import secrets
 import socket
 import subprocess
 from pathlib import Path
@@ -164,6 +163,22 @@ class EmbeddedPostgres:
         )
 
 
-def new_password() -> str:
-    """A random password for a database role."""
-    return secrets.token_urlsafe(24)
+def running_dsn(home: Path, database: str = DATABASE) -> str | None:
+    """Superuser DSN of the embedded server of a desilab home, if it is running.
+
+    Lets admin commands (``desilab ingest``, ``desilab db add-user``) find the
+    database of a running ``desilab up`` with no URL on the command line.
+    """
+    home = Path(home)
+    pid_file = home / "postgres" / "data" / "postmaster.pid"
+    secret = home / "secrets" / "postgres-password"
+    try:
+        lines = pid_file.read_text().splitlines()
+        password = secret.read_text().strip()
+    except OSError:
+        return None
+    if len(lines) < 4:
+        return None
+    return make_conninfo(
+        host="127.0.0.1", port=int(lines[3]), user="postgres", password=password, dbname=database
+    )
