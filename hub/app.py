@@ -128,7 +128,9 @@ class UpApp(DesilabCommand):
         c.NativeAuthenticator.open_signup = False
         c.NativeAuthenticator.allow_2fa = True
         c.ConfigurableHTTPProxy.command = [
-            str(Path(sys.executable).parent / "configurable-http-proxy"),
+            sys.executable,
+            "-m",
+            "desilab.hub.proxy",
             # the Python proxy otherwise gives up on any request after tornado's 20 s
             f"--proxy-timeout={self.proxy_timeout * 1000}",
         ]

@@ -1,0 +1,1 @@
+"""desilab.projects.voids."""
