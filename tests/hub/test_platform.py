@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -11,7 +12,8 @@ import psycopg
 import pytest
 import requests
 from support.hub import ADMIN_PASSWORD, embedded_dsn, processes_mentioning, start_hub
-from support.login import login_session, sign_up
+from support.kernel import run_in_kernel
+from support.login import approve, login_session, sign_up
 
 pytestmark = pytest.mark.slow
 
@@ -77,6 +79,56 @@ def test_login_needs_approval_and_works_by_form_and_api(gpu_hub):
         timeout=30,
     )
     assert me.json()["name"] == "newbie"
+
+
+def test_two_factor_login_needs_the_totp_code(gpu_hub):
+    import onetimepass
+
+    page = sign_up(gpu_hub, "careful", "careful-passw0rd!", two_factor=True).text
+    found = re.search(r"two factor authentication code is <strong>(\w+)</strong>", page)
+    assert found, page[-2000:]
+    approve(gpu_hub, "careful")
+    with pytest.raises(AssertionError, match="login of careful failed"):
+        login_session(gpu_hub, "careful", "careful-passw0rd!")
+    with pytest.raises(AssertionError, match="login of careful failed"):
+        login_session(gpu_hub, "careful", "careful-passw0rd!", otp="000000")
+    session = login_session(
+        gpu_hub,
+        "careful",
+        "careful-passw0rd!",
+        otp=str(onetimepass.get_totp(found.group(1))).zfill(6),
+    )
+    assert session.get(f"{gpu_hub.url}/hub/home", timeout=30).status_code == 200
+
+
+def test_external_database_url_replaces_the_embedded_one(homes_root, hub_home):
+    from desilab.hub.database import EmbeddedPostgres
+
+    external = EmbeddedPostgres(homes_root / "external-db-home")
+    (homes_root / "external-db-home").mkdir(exist_ok=True)
+    dsn = external.start()
+    try:
+        hub = start_hub(hub_home, extra_args=[f"--db-url={dsn}"])
+        try:
+            assert not (hub_home / "postgres").exists(), "no embedded server was started"
+            hub.create_user("ext")
+            assert hub.spawn("ext", "cpu-small").status_code in (201, 202)
+            hub.wait_ready("ext")
+            url = run_in_kernel(
+                hub.url,
+                "ext",
+                hub.token_for("ext"),
+                "import os; print(os.environ['DESILAB_DATABASE_URL'])",
+            )
+            assert f"port={external.port}" in url and "user=desi_ext" in url
+            assert dsn not in hub.log(), "the admin DSN (with its password) is never logged"
+            hub.stop_server("ext")
+        finally:
+            assert hub.stop() == 0
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'desi_ext'").fetchone()
+    finally:
+        external.stop()
 
 
 def test_metrics_are_served_only_to_the_token_holder(gpu_hub):

@@ -75,21 +75,26 @@ def test_api_spawn_enforces_the_profile_inside_the_server(gpu_hub, profile, memo
         gpu_hub.stop_server(user)
 
 
-def test_form_spawn_enforces_the_profile(gpu_hub):
-    sign_up_and_approve(gpu_hub, "formuser", "a-long-passw0rd!")
-    session = login_session(gpu_hub, "formuser", "a-long-passw0rd!")
+@pytest.mark.parametrize(
+    "profile, memory", [("cpu-small", 2 * 1024**3), ("cpu-large", 8 * 1024**3)]
+)
+def test_form_spawn_enforces_the_profile(gpu_hub, profile, memory):
+    user = f"form-{profile}"
+    sign_up_and_approve(gpu_hub, user, "a-long-passw0rd!")
+    session = login_session(gpu_hub, user, "a-long-passw0rd!")
     form = session.get(f"{gpu_hub.url}/hub/spawn")
     assert 'value="cpu-small"' in form.text and 'value="gpu"' in form.text
     r = session.post(
         f"{gpu_hub.url}/hub/spawn",
-        data={"profile": "cpu-small", "_xsrf": session.cookies.get("_xsrf")},
+        data={"profile": profile, "_xsrf": session.cookies.get("_xsrf")},
     )
     assert r.status_code == 200, r.text[-2000:]
-    gpu_hub.wait_ready("formuser")
+    gpu_hub.wait_ready(user)
     try:
-        check_limits(inside(gpu_hub, "formuser"), "cpu-small", 1, 2 * 1024**3)
+        cpus = 1 if profile == "cpu-small" else len(os.sched_getaffinity(0))
+        check_limits(inside(gpu_hub, user), profile, cpus, memory)
     finally:
-        gpu_hub.stop_server("formuser")
+        gpu_hub.stop_server(user)
 
 
 def test_forged_profiles_are_refused_with_the_alternatives(gpu_hub):

@@ -131,6 +131,7 @@ def start_hub(
     admin_password: str | None = ADMIN_PASSWORD,
     ports: tuple[int, int, int] | None = None,
     user: str | None = None,
+    extra_args: list[str] | None = None,
 ) -> RunningHub:
     """Start ``desilab up`` with a fresh or existing home; wait until its API answers.
 
@@ -158,6 +159,7 @@ def start_hub(
         f"--port={port}",
         f"--hub-port={ports[1]}",
         f"--proxy-api-port={ports[2]}",
+        *(extra_args or []),
     ]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(

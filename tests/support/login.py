@@ -12,18 +12,17 @@ def _form_session(hub, path: str) -> requests.Session:
     return session
 
 
-def sign_up(hub, name: str, password: str) -> requests.Response:
+def sign_up(hub, name: str, password: str, two_factor: bool = False) -> requests.Response:
     session = _form_session(hub, "/hub/signup")
-    return session.post(
-        f"{hub.url}/hub/signup",
-        data={
-            "username": name,
-            "signup_password": password,
-            "signup_password_confirmation": password,
-            "_xsrf": session.cookies.get("_xsrf"),
-        },
-        timeout=30,
-    )
+    data = {
+        "username": name,
+        "signup_password": password,
+        "signup_password_confirmation": password,
+        "_xsrf": session.cookies.get("_xsrf"),
+    }
+    if two_factor:
+        data["2fa"] = "2fa"
+    return session.post(f"{hub.url}/hub/signup", data=data, timeout=30)
 
 
 def approve(hub, name: str) -> None:
@@ -35,12 +34,17 @@ def approve(hub, name: str) -> None:
     assert r.status_code == 302, (r.status_code, r.text[-500:])
 
 
-def login_session(hub, name: str, password: str) -> requests.Session:
+def login_session(hub, name: str, password: str, otp: str = "") -> requests.Session:
     """A session logged in through /hub/login (raises if the login fails)."""
     session = _form_session(hub, "/hub/login")
     r = session.post(
         f"{hub.url}/hub/login",
-        data={"username": name, "password": password, "_xsrf": session.cookies.get("_xsrf")},
+        data={
+            "username": name,
+            "password": password,
+            "2fa": otp,
+            "_xsrf": session.cookies.get("_xsrf"),
+        },
         allow_redirects=False,
         timeout=30,
     )
