@@ -215,6 +215,7 @@ class UpApp(DesilabCommand):
     def start_database(self) -> tuple[str, Any]:
         """Return (admin DSN, embedded server or None)."""
         from ..desi.roles import prepare_catalog
+        from ..desi.vi import ensure_vi_schema
         from .database import EmbeddedPostgres
 
         server = None
@@ -226,6 +227,7 @@ class UpApp(DesilabCommand):
             dsn = server.start()
             self.log.info("Embedded PostgreSQL 16 running on 127.0.0.1:%d", server.port)
         prepare_catalog(dsn)
+        ensure_vi_schema(dsn)
         return dsn, server
 
     def load_demo(self, dsn: str) -> None:

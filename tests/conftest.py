@@ -46,3 +46,22 @@ def gpu_hub(homes_root):
     yield hub
     assert hub.stop() == 0, hub.log()[-3000:]
     assert processes_mentioning(home) == []
+
+
+@pytest.fixture(scope="session")
+def catalog_db(homes_root):
+    """A real embedded PostgreSQL 16 with desilab's schemas and roles; yields the admin DSN."""
+    from desilab.desi.roles import prepare_catalog
+    from desilab.desi.vi import ensure_vi_schema
+    from desilab.hub.database import EmbeddedPostgres
+
+    home = homes_root / "catalog-db"
+    home.mkdir()
+    server = EmbeddedPostgres(home)
+    dsn = server.start()
+    try:
+        prepare_catalog(dsn)
+        ensure_vi_schema(dsn)
+        yield dsn
+    finally:
+        server.stop()
