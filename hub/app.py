@@ -242,9 +242,23 @@ class UpApp(DesilabCommand):
             return
         demo.ensure_demo(dsn, self.home_path / "demo", log=self.log)
 
+    def check_profiles(self) -> None:
+        """Refuse to start with a profile list that would fail every spawn."""
+        from ..spawner.profiles import parse_profiles
+
+        profiles = self.config.ProfileSpawner.get("profiles")
+        if profiles is None:
+            return
+        try:
+            parse_profiles(profiles)
+        except ValueError as e:
+            self.log.critical("c.ProfileSpawner.profiles is invalid: %s", e)
+            self.exit(2)
+
     def start(self) -> None:
         from jupyterhub.app import JupyterHub
 
+        self.check_profiles()
         signal.signal(signal.SIGTERM, _raise_interrupt)
         for sub in ("run", "secrets", "users"):
             (self.home_path / sub).mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -158,6 +159,23 @@ def test_generate_config_writes_every_option_with_help(tmp_path):
         [DESILAB, "generate-config", f"--output={out}"], capture_output=True, text=True, timeout=60
     )
     assert again.returncode == 1 and "pass --force" in again.stderr
+
+
+def test_a_bad_profile_list_stops_the_start_with_the_reason(hub_home):
+    (hub_home / "desilab_config.py").write_text(
+        'c.ProfileSpawner.profiles = [{"slug": "cpu-small", "memory": "lots"}]\n'
+    )
+    result = subprocess.run(
+        [DESILAB, "up", "--port=1"],
+        env={**os.environ, "DESILAB_HOME": str(hub_home)},
+        cwd=hub_home,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "profile 'cpu-small': memory 'lots' is not a size" in result.stderr
+    assert not (hub_home / "postgres").exists(), "nothing was started"
 
 
 CHAOS = """
