@@ -25,6 +25,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "desilab.desi.cli.MockApp",
         "Write a mock DR1 (DR1 file formats and layout) with its truth tables.",
     ),
+    "ingest": (
+        "desilab.desi.cli.IngestApp",
+        "Load a DR1 tree (or a mock) into the catalog; resumable, one transaction per file.",
+    ),
+    "query": ("desilab.desi.cli.QueryApp", "Run one read-only SQL query on the catalog."),
+    "db": ("desilab.desi.cli.DbApp", "Catalog database administration (db add-user NAME)."),
 }
 
 
