@@ -151,11 +151,18 @@ class IngestApp(_DatabaseCommand):
     ).tag(config=True)
     checksum = Bool(True, help="Record a BLAKE2b checksum of each new file.").tag(config=True)
     progress = Bool(True, help="Show a progress bar.").tag(config=True)
+    workers = Int(
+        2, help="Files loaded at the same time, each in its own transaction and connection."
+    ).tag(config=True)
     kinds = List(
         Unicode(), help="Only these kinds of files: zpix, fastspec, desivast, coadd (default all)."
     ).tag(config=True)
 
-    aliases = {**_DatabaseCommand.aliases, "kinds": "IngestApp.kinds"}
+    aliases = {
+        **_DatabaseCommand.aliases,
+        "kinds": "IngestApp.kinds",
+        "workers": "IngestApp.workers",
+    }
     flags = {
         "replace": ({"IngestApp": {"replace": True}}, "Reload changed files."),
         "cluster": ({"IngestApp": {"cluster": True}}, "CLUSTER the changed sky tables."),
@@ -177,6 +184,7 @@ class IngestApp(_DatabaseCommand):
                 progress=self.progress,
                 kinds=tuple(self.kinds) or None,
                 verify_checksum=self.checksum,
+                workers=self.workers,
                 logger=self.log,
             )
         except IngestError as exc:

@@ -9,8 +9,8 @@ How
   at all. A killed ingest leaves no partial file; running it again loads what is
   missing (resumable) and a second run adds nothing (idempotent).
 * Rows go in by binary COPY (:mod:`desilab.desi.pgcopy`), read and encoded in a
-  background thread while the server consumes the previous chunk; sky tables are
-  written sorted by ``hpx``.
+  background thread while the server consumes the previous chunk, two files at a
+  time by default; sky tables are written sorted by ``hpx``.
 * Loading into an empty table drops its indexes, primary key included, and builds
   them afterwards, two at a time (much faster than maintaining them row by row).
   Keys repeated across files then show up when the primary key is built: the
@@ -29,8 +29,11 @@ How
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,7 +156,7 @@ def _remove_duplicates(
     conn: psycopg.Connection, t: TableDef, report: IngestReport, logger: logging.Logger
 ) -> bool:
     """Keys repeat in ``t`` after a bulk load: skip the files that brought them (the later
-    of each pair), each as a whole, so every file stays either fully in or out."""
+    of each pair by path), each as a whole, so every file stays either fully in or out."""
     key = sql.SQL(", ").join(map(sql.Identifier, t.primary_key))
     groups = conn.execute(
         sql.SQL(
@@ -163,11 +166,13 @@ def _remove_duplicates(
     ).fetchall()
     if not groups:
         return False
+    paths = dict(conn.execute("SELECT file_id, path FROM dr1.ingest_files").fetchall())
     offenders: dict[int, tuple[int, str]] = {}
     for files, example in groups:
-        bad = files[-1]
-        offenders.setdefault(bad, (files[0], example))
-    paths = dict(conn.execute("SELECT file_id, path FROM dr1.ingest_files").fetchall())
+        # "Later" is by path, the order files are found in, not by file_id: files load
+        # side by side, so ids follow whichever transaction started first.
+        files = sorted(files, key=lambda f: (paths.get(f, ""), f))
+        offenders.setdefault(files[-1], (files[0], example))
     kinds = dict(conn.execute("SELECT file_id, kind FROM dr1.ingest_files").fetchall())
     for file_id, (first, example) in offenders.items():
         path = paths.get(file_id, f"file #{file_id}")
@@ -212,6 +217,7 @@ def ingest(
     verify_checksum: bool = True,
     chunk_rows: int = 100_000,
     sort_rows: int = 1_000_000,
+    workers: int = 2,
     index_workers: int = 2,
     logger: logging.Logger | None = None,
 ) -> IngestReport:
@@ -237,6 +243,8 @@ def ingest(
         Compute each new file's checksum (reads it once more).
     chunk_rows, sort_rows : int
         Rows per COPY chunk and per hpx-sorted window.
+    workers : int
+        Files loaded at the same time (each its own transaction and connection).
     index_workers : int
         Indexes built at the same time at the end.
     logger : logging.Logger, optional
@@ -275,9 +283,6 @@ def ingest(
                 "wait for it to finish (or stop it) and run this one again"
             ) from exc
         conn.execute("RESET lock_timeout")
-        # A crash can only lose whole file transactions (their bookkeeping row with them),
-        # which the next run loads again: no need to wait for each commit's WAL flush.
-        conn.execute("SET synchronous_commit = off")
         with conn.transaction():
             create_schema(conn)
         known = {
@@ -307,28 +312,10 @@ def ingest(
             if _empty(conn, t):
                 drop_indexes(conn, t)  # bulk load: indexes are built at the end
         t_load = time.perf_counter()
-        bar = tqdm(total=len(pending), desc="ingest", unit="file", disable=not progress)
-        try:
-            for src, stat, old in pending:
-                bar.set_postfix_str(src.path.name, refresh=False)
-                reason = _one(
-                    conn,
-                    src,
-                    stat,
-                    old,
-                    root,
-                    replace,
-                    verify_checksum,
-                    chunk_rows,
-                    sort_rows,
-                    report,
-                )
-                if reason:
-                    report.skipped.append((src.relpath, reason))
-                    logger.warning("ingest: skipped %s: %s", src.relpath, reason)
-                bar.update(1)
-        finally:
-            bar.close()
+        _load_all(
+            dsn, pending, root, replace, verify_checksum, chunk_rows, sort_rows, report,
+            logger, progress, workers,
+        )  # fmt: skip
         t_index = time.perf_counter()
         report.timings["load"] = t_index - t_load
         report.indexes_built = build_indexes(
@@ -358,6 +345,59 @@ def ingest(
     return report
 
 
+def _load_all(
+    dsn: str,
+    pending: list,
+    root: str,
+    replace: bool,
+    verify_checksum: bool,
+    chunk_rows: int,
+    sort_rows: int,
+    report: IngestReport,
+    logger: logging.Logger,
+    progress: bool,
+    workers: int,
+) -> None:
+    """Load the pending files, ``workers`` at a time, each on its own connection."""
+    lock = threading.Lock()
+    conns: queue.Queue = queue.Queue()
+    for _ in range(max(1, min(workers, len(pending)))):
+        c = owner_connection(dsn)
+        # A crash can only lose whole file transactions (their bookkeeping row with them),
+        # which the next run loads again: no need to wait for each commit's WAL flush.
+        c.execute("SET synchronous_commit = off")
+        conns.put(c)
+    bar = tqdm(total=len(pending), desc="ingest", unit="file", disable=not progress)
+
+    def task(item: tuple) -> None:
+        src, stat, old = item
+        conn = conns.get()
+        try:
+            reason = _one(
+                conn, src, stat, old, root, replace, verify_checksum, chunk_rows, sort_rows,
+                report, lock,
+            )  # fmt: skip
+        finally:
+            if conn.broken:
+                conn = owner_connection(dsn)
+            conns.put(conn)
+        if reason:
+            with lock:
+                report.skipped.append((src.relpath, reason))
+            logger.warning("ingest: skipped %s: %s", src.relpath, reason)
+        bar.set_postfix_str(src.path.name, refresh=False)
+        bar.update(1)
+
+    try:
+        with ThreadPoolExecutor(max_workers=conns.qsize()) as pool:
+            for future in [pool.submit(task, item) for item in pending]:
+                future.result()
+    finally:
+        bar.close()
+        while not conns.empty():
+            conns.get().close()
+
+
 def _one(
     conn: psycopg.Connection,
     src: SourceFile,
@@ -369,8 +409,9 @@ def _one(
     chunk_rows: int,
     sort_rows: int,
     report: IngestReport,
+    lock: threading.Lock,
 ) -> str | None:
-    """Load one file; return why it was skipped, or None."""
+    """Load one file; return why it was skipped, or None (``lock`` guards ``report``)."""
     try:
         digest = checksum(src.path) if (verify_checksum or old is not None) else ""
     except OSError as exc:
@@ -381,7 +422,8 @@ def _one(
                 "UPDATE dr1.ingest_files SET size = %s, mtime = %s WHERE file_id = %s",
                 (stat[0], stat[1], old[0]),
             )
-            report.unchanged += 1
+            with lock:
+                report.unchanged += 1
             return None
         if not replace:
             return (
@@ -409,9 +451,10 @@ def _one(
         return _db_reason(exc, src)
     except OSError as exc:
         return f"cannot read the file ({exc})"
-    for name, n in counts.items():
-        report.rows[name] = report.rows.get(name, 0) + n
-    (report.replaced if old is not None else report.loaded).append(src.relpath)
-    if old is not None:
+    with lock:
+        for name, n in counts.items():
+            report.rows[name] = report.rows.get(name, 0) + n
         report.loaded.append(src.relpath)
+        if old is not None:
+            report.replaced.append(src.relpath)
     return None

@@ -157,6 +157,9 @@ def build_indexes(
     def build(job: tuple[TableDef, IndexDef]) -> tuple[TableDef, IndexDef, bool]:
         t, ix = job
         with connect() as c:
+            # ``workers`` builds side by side, each sorting in memory in one process:
+            # parallel workers would split maintenance_work_mem and spill to disk.
+            c.execute("SET max_parallel_maintenance_workers = 0; SET maintenance_work_mem = '1GB'")
             try:
                 c.execute(index_sql(t, ix))
             except psycopg.errors.UniqueViolation:

@@ -117,8 +117,8 @@ def unit_of_comment(comment: str | None) -> str | None:
 
 def _column(name: str, values: Sequence, oid: int) -> Column:
     n = len(values)
-    nulls = np.fromiter((v is None for v in values), dtype=bool, count=n)
-    has_null = bool(nulls.any())
+    has_null = None in values  # a C-level scan; the mask only when needed
+    nulls = np.fromiter((v is None for v in values), dtype=bool, count=n) if has_null else None
     if oid in _NUMERIC:
         dtype = np.dtype(_NUMERIC[oid])
         if has_null:
@@ -127,11 +127,12 @@ def _column(name: str, values: Sequence, oid: int) -> Column:
         else:
             data = np.fromiter(values, dtype=dtype, count=n)
     elif oid in _TEXT:
-        data = (
-            np.array(["" if v is None else v for v in values], dtype=str)
-            if n
-            else np.zeros(0, dtype="U1")
-        )
+        if not n:
+            data = np.zeros(0, dtype="U1")
+        elif has_null:
+            data = np.array(["" if v is None else v for v in values], dtype=str)
+        else:
+            data = np.array(values, dtype=str)
     elif oid in _ARRAYS and n and not has_null:
         lengths = {len(v) for v in values}
         if len(lengths) == 1 and all(x is not None for v in values for x in v):
@@ -152,6 +153,18 @@ def _column(name: str, values: Sequence, oid: int) -> Column:
     return Column(data, name=name)
 
 
+_UNITS: dict[str, u.UnitBase] = {}
+
+
+def _unit(text: str) -> u.UnitBase:
+    """Parsed unit, cached (DR1 TUNITs such as ``nanomaggy^-2`` parse once, leniently)."""
+    if text not in _UNITS:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _UNITS[text] = u.Unit(text, parse_strict="silent")
+    return _UNITS[text]
+
+
 def to_table(
     description: Sequence, rows: Sequence[tuple], units: Sequence[str | None] | None = None
 ) -> QueryTable:
@@ -160,23 +173,21 @@ def to_table(
     Numbers become NumPy columns, NULLs masked entries, fixed-length arrays 2-D
     columns; duplicate column names get a ``_1``, ``_2``... suffix.
     """
-    out = QueryTable()
     columns = list(zip(*rows, strict=True)) if rows else [()] * len(description)
     seen: dict[str, int] = {}
-    for i, (d, values) in enumerate(zip(description, columns, strict=True)):
+    cols: dict[str, Column] = {}
+    for d, values in zip(description, columns, strict=True):
         name = d.name
         if name in seen:
             seen[name] += 1
             name = f"{name}_{seen[name]}"
         else:
             seen[name] = 0
-        col = _column(name, values, d.type_code)
-        unit = units[i] if units else None
+        cols[name] = _column(name, values, d.type_code)
+    out = QueryTable(cols, copy=False) if cols else QueryTable()
+    for name, unit in zip(cols, units or (), strict=False):
         if unit:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                col.unit = u.Unit(unit, parse_strict="silent")
-        out.add_column(col)
+            out[name].unit = _unit(unit)
     return out
 
 

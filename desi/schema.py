@@ -21,10 +21,19 @@ Keys
     Bookkeeping: one row per ingested file (size, mtime, checksum, rows), written
     in the transaction that loads the file.
 
-Column names are the DR1 names in lower case. Sky tables carry ``hpx``, the
-nested HEALPix index at order 16 (see :mod:`desilab.desi.sky`), btree-indexed,
-with the table marked CLUSTER ON that index; ``file_id`` records which file a
+Indexes
+-------
+Sky tables carry ``hpx``, the nested HEALPix index at order 16 (nside 65536,
+3.2 arcsec pixels; see :mod:`desilab.desi.sky` for why), btree-indexed, with the
+table marked CLUSTER ON that index and written in ``hpx`` order by the ingest.
+The zpix tables also index ``z`` and ``spectype`` (a btree on the few SPECTYPE
+values is small with deduplication, and ANDs with the ``z`` index by bitmap).
+Every column comment ends with its unit in brackets (``... [deg]``).
+
+Column names are the DR1 names in lower case; ``file_id`` records which file a
 row came from. Text columns use the "C" collation (byte order: fast indexes).
+Array columns (COEFF) get no planner statistics (their element statistics cost
+half of an ANALYZE and nobody filters on template coefficients).
 """
 
 from __future__ import annotations

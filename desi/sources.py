@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,9 @@ KINDS: dict[str, tuple[TableDef, ...]] = {
 }
 _CAP_RE = re.compile(r"VoidFinder_(NGC|SGC)\.fits$", re.I)
 _MEMORY_PER_WINDOW = 512 * 2**20
+#: The DR1 readers check files under ``warnings.catch_warnings``, which is process-wide
+#: state (not thread-safe before Python 3.14): files are opened one at a time.
+_FITS_LOCK = threading.RLock()
 
 
 @dataclass(frozen=True)
@@ -223,10 +227,30 @@ def _sky_table_batches(
                 yield b
 
 
+@contextlib.contextmanager
+def _opened(path: Path, hdus: list[str], what: str) -> Iterator:
+    """:func:`open_fits` with its checks under :data:`_FITS_LOCK` (thread-safe)."""
+    with contextlib.ExitStack() as stack:
+        with _FITS_LOCK:
+            hdul = stack.enter_context(open_fits(path, hdus, what=what))
+        yield hdul
+
+
+def _touch(path: Path, hdus: list) -> None:
+    """Map the table data (astropy may warn about odd columns: do it under the lock)."""
+    for hdu in hdus:
+        try:
+            _ = hdu.data, hdu.columns.dtype
+        except (OSError, ValueError, TypeError, Warning) as exc:
+            raise DR1FormatError(path, f"cannot map the table ({exc})", hdu=hdu.name) from exc
+
+
 def _zpix(src: SourceFile, file_id: int, chunk_rows: int, sort_rows: int) -> Iterator[Batch]:
-    with open_fits(src.path, ["ZCATALOG"], what="zpix redshift catalog") as hdul:
+    with _opened(src.path, ["ZCATALOG"], "zpix redshift catalog") as hdul:
         hdu = hdul["ZCATALOG"]
-        require_columns(src.path, hdu, ZCATALOG_REQUIRED)
+        with _FITS_LOCK:
+            require_columns(src.path, hdu, ZCATALOG_REQUIRED)
+            _touch(src.path, [hdu])
         yield from _sky_table_batches(
             src,
             [hdu],
@@ -240,13 +264,16 @@ def _zpix(src: SourceFile, file_id: int, chunk_rows: int, sort_rows: int) -> Ite
 
 
 def _fastspec(src: SourceFile, file_id: int, chunk_rows: int, sort_rows: int) -> Iterator[Batch]:
-    with open_fits(src.path, ["FASTSPEC", "METADATA"], what="FastSpecFit catalog") as hdul:
-        names = [h.name for h in hdul]
-        hdus = [hdul[n] for n in ("METADATA", "SPECPHOT", "FASTSPEC") if n in names]
-        nrows = {h.name: table_nrows(h) for h in hdus}
+    with _opened(src.path, ["FASTSPEC", "METADATA"], "FastSpecFit catalog") as hdul:
+        with _FITS_LOCK:
+            names = [h.name for h in hdul]
+            hdus = [hdul[n] for n in ("METADATA", "SPECPHOT", "FASTSPEC") if n in names]
+            nrows = {h.name: table_nrows(h) for h in hdus}
+            required = ["TARGETID", "SURVEY", "PROGRAM", "RA", "DEC"]
+            require_columns(src.path, hdul["METADATA"], required)
+            _touch(src.path, hdus)
         if len(set(nrows.values())) != 1:
             raise DR1FormatError(src.path, f"HDUs are not row-matched ({nrows})", hdu="FASTSPEC")
-        require_columns(src.path, hdul["METADATA"], ["TARGETID", "SURVEY", "PROGRAM", "RA", "DEC"])
         yield from _sky_table_batches(
             src, hdus, (FASTSPEC_TABLE,), ("RA", "DEC"), file_id, chunk_rows, sort_rows
         )
@@ -257,7 +284,8 @@ def _desivast(src: SourceFile, file_id: int) -> Iterator[Batch]:
     if not m:
         raise DR1FormatError(src.path, "cannot tell the cap (NGC or SGC) from the file name")
     cap = m[1].upper()
-    maximals, holes = read_voidfinder(src.path)
+    with _FITS_LOCK:
+        maximals, holes = read_voidfinder(src.path)
     for t, tab, sky in ((MAXIMALS_TABLE, maximals, True), (HOLES_TABLE, holes, False)):
         data = {name: np.asarray(tab[name]) for name in tab.colnames}
         n = len(tab)
@@ -272,7 +300,7 @@ def _desivast(src: SourceFile, file_id: int) -> Iterator[Batch]:
 
 
 def _coadd(src: SourceFile, file_id: int) -> Iterator[Batch]:
-    with CoaddFile(src.path) as f:
+    with _FITS_LOCK, CoaddFile(src.path) as f:
         header = f.header
         tid = f.targetids
     m = re.match(r"coadd-([a-z0-9]+)-([a-z]+)-(\d+)\.fits$", src.path.name)
