@@ -5,6 +5,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .dask_config import dask_cluster, dask_settings
+from .ray_backends import InProcessRayBackend, LocalRayBackend, RayBackend
+from .ray_cluster import (
+    ClusterInfo,
+    ClusterRequest,
+    ClusterStatus,
+    ProfileLimitError,
+    ProfileLimits,
+    RayLaunchError,
+)
+from .ray_controller import RayClusterController, list_ray_clusters, stop_ray_cluster
+from .ray_widget import RayClusterWidget
 from .templates import copy_template, list_templates, publish_templates
 
 CONFIG_DIR = Path(__file__).parent / "jupyter-config"
@@ -26,4 +38,24 @@ def _load_jupyter_server_extension(serverapp) -> None:
     load_jupyter_server_extension(serverapp)
 
 
-__all__ = ["copy_template", "list_templates", "publish_templates", "server_env"]
+__all__ = [
+    "ClusterInfo",
+    "ClusterRequest",
+    "ClusterStatus",
+    "InProcessRayBackend",
+    "LocalRayBackend",
+    "ProfileLimitError",
+    "ProfileLimits",
+    "RayBackend",
+    "RayClusterController",
+    "RayClusterWidget",
+    "RayLaunchError",
+    "copy_template",
+    "dask_cluster",
+    "dask_settings",
+    "list_ray_clusters",
+    "list_templates",
+    "publish_templates",
+    "server_env",
+    "stop_ray_cluster",
+]
