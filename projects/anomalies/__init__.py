@@ -1,1 +1,69 @@
-"""desilab.projects.anomalies."""
+"""desilab.projects.anomalies: anomalous quasar detection with a VAE (project 1)."""
+
+from .baselines import PCABaseline, fit_baselines
+from .build import build_feature_store
+from .detector import AnomalyModel, LatentDensity
+from .evaluate import ANOMALY_CLASSES, Evaluation, evaluate, precision_at_k
+from .model import VAE, VAEConfig, masked_terms, select_device, set_threads
+from .prepare import (
+    ObservedSpectra,
+    PreparedSpectra,
+    RestGrid,
+    combine_arms,
+    normalise,
+    prepare_spectra,
+    rebin_rest,
+)
+from .results import create_results_table, read_results, write_results
+from .score import (
+    Explanation,
+    explain,
+    load_detector,
+    project_latents,
+    score_shard,
+    score_store,
+)
+from .select import select_qsos, select_qsos_from_catalog, select_qsos_from_files
+from .store import FeatureStore, write_feature_store
+from .train import TrainConfig, plot_history, train
+
+__all__ = [
+    "ANOMALY_CLASSES",
+    "VAE",
+    "AnomalyModel",
+    "Evaluation",
+    "Explanation",
+    "FeatureStore",
+    "LatentDensity",
+    "ObservedSpectra",
+    "PCABaseline",
+    "PreparedSpectra",
+    "RestGrid",
+    "TrainConfig",
+    "VAEConfig",
+    "build_feature_store",
+    "combine_arms",
+    "create_results_table",
+    "evaluate",
+    "explain",
+    "fit_baselines",
+    "load_detector",
+    "masked_terms",
+    "normalise",
+    "plot_history",
+    "precision_at_k",
+    "prepare_spectra",
+    "project_latents",
+    "read_results",
+    "rebin_rest",
+    "score_shard",
+    "score_store",
+    "select_device",
+    "select_qsos",
+    "select_qsos_from_catalog",
+    "select_qsos_from_files",
+    "set_threads",
+    "train",
+    "write_feature_store",
+    "write_results",
+]

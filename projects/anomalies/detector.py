@@ -1,0 +1,263 @@
+"""A trained anomaly detector: the VAE, a density model of its latents, score calibration.
+
+A model folder (written by :func:`~desilab.projects.anomalies.train`) holds
+
+* ``model.json``: version, VAE config, rest grid, score calibration;
+* ``model.pt``: the VAE weights;
+* ``density.npz``: the Gaussian mixture fitted to the latent means.
+
+Scores of a spectrum (all: larger = more anomalous)
+
+* ``chi2``: reconstruction chi^2 per covered bin, with the model-error floor;
+* ``recon``: the reconstruction score, ``log`` of the coherent residual
+  (:func:`~desilab.projects.anomalies.model.coherent_residual`: chi^2 of the
+  residuals averaged over windows of ``window`` bins). On the mock it separates
+  the injected anomalies better than chi^2 per bin (whose excess for a faint
+  spectrum is diluted among noise-dominated bins) and is less sensitive to the
+  narrow troughs of ordinary BAL quasars;
+* ``density``: ``-log p(mu)`` of the latent mean under the mixture;
+* ``score``: the combination, the mean of the two after robust standardisation
+  on the training spectra ((x - median) / (1.4826 MAD)), so each counts equally.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.mixture import GaussianMixture
+
+from .model import VAE, VAEConfig, coherent_residual, masked_terms, select_device
+from .prepare import RestGrid
+
+__all__ = ["AnomalyModel", "LatentDensity", "robust_scale"]
+
+SCORE_NAMES = ("chi2", "recon", "density", "score")
+#: Default window of the reconstruction score: 40 bins of the default grid, ~17,000 km/s,
+#: wider than BAL troughs and emission lines, narrower than an arm.
+DEFAULT_WINDOW = 40
+
+
+def robust_scale(x: np.ndarray) -> tuple[float, float]:
+    """Median and 1.4826 * MAD (a robust standard deviation) of finite values."""
+    x = np.asarray(x, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    med = float(np.median(x))
+    mad = float(1.4826 * np.median(np.abs(x - med)))
+    return med, mad if mad > 0 else 1.0
+
+
+@dataclass
+class LatentDensity:
+    """A Gaussian mixture on latent space, stored as plain arrays (no pickle)."""
+
+    weights: np.ndarray
+    means: np.ndarray
+    covariances: np.ndarray
+    precisions_cholesky: np.ndarray
+
+    @classmethod
+    def fit(cls, latents: np.ndarray, n_components: int, seed: int) -> LatentDensity:
+        """Fit a full-covariance mixture (deterministic for a seed)."""
+        n_components = max(1, min(n_components, len(latents) // 10))
+        gmm = GaussianMixture(
+            n_components, covariance_type="full", random_state=seed, reg_covar=1e-4
+        ).fit(np.asarray(latents, dtype=np.float64))
+        return cls(gmm.weights_, gmm.means_, gmm.covariances_, gmm.precisions_cholesky_)
+
+    def _gmm(self) -> GaussianMixture:
+        gmm = GaussianMixture(len(self.weights), covariance_type="full")
+        gmm.weights_, gmm.means_, gmm.covariances_ = self.weights, self.means, self.covariances
+        gmm.precisions_cholesky_ = self.precisions_cholesky
+        return gmm
+
+    def log_density(self, latents: np.ndarray) -> np.ndarray:
+        """log p(z) for each row."""
+        if len(latents) == 0:
+            return np.zeros(0)
+        return self._gmm().score_samples(np.asarray(latents, dtype=np.float64))
+
+    def save(self, path: Path) -> None:
+        """Write ``density.npz``."""
+        np.savez(
+            path,
+            weights=self.weights,
+            means=self.means,
+            covariances=self.covariances,
+            precisions_cholesky=self.precisions_cholesky,
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> LatentDensity:
+        """Read ``density.npz``."""
+        with np.load(path) as d:
+            return cls(d["weights"], d["means"], d["covariances"], d["precisions_cholesky"])
+
+
+class AnomalyModel:
+    """A trained detector, ready to encode, reconstruct and score spectra.
+
+    Parameters
+    ----------
+    vae : VAE
+    grid : RestGrid
+    density : LatentDensity, optional
+    calibration : dict, optional
+        ``{"recon": [median, scale], "density": [median, scale]}``.
+    version : str
+        Model version written with every score.
+    device : str
+        ``auto``, ``cpu`` or ``cuda``.
+    window : int
+        Bins per window of the reconstruction score (1 = chi^2 per bin).
+    """
+
+    def __init__(
+        self,
+        vae: VAE,
+        grid: RestGrid,
+        *,
+        density: LatentDensity | None = None,
+        calibration: dict | None = None,
+        version: str = "",
+        device: str = "auto",
+        window: int = DEFAULT_WINDOW,
+    ) -> None:
+        self.device = select_device(device)
+        self.window = int(window)
+        self.vae = vae.to(self.device).eval()
+        self.grid = grid
+        self.density = density
+        self.calibration = calibration or {}
+        self.version = version
+
+    @property
+    def config(self) -> VAEConfig:
+        """The VAE's configuration."""
+        return self.vae.config
+
+    @classmethod
+    def load(cls, folder: str | Path, *, device: str = "auto") -> AnomalyModel:
+        """Load a model folder written by training."""
+        folder = Path(folder)
+        path = folder / "model.json"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} not found: train a model first (`desilab anomalies train`)"
+            )
+        info = json.loads(path.read_text())
+        vae = VAE(VAEConfig.from_dict(info["vae"]))
+        vae.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+        density_path = folder / "density.npz"
+        density = LatentDensity.load(density_path) if density_path.exists() else None
+        return cls(
+            vae,
+            RestGrid(**info["grid"]),
+            density=density,
+            calibration=info.get("calibration"),
+            version=info["version"],
+            device=device,
+            window=info.get("window", DEFAULT_WINDOW),
+        )
+
+    def save(self, folder: str | Path, extra: dict | None = None) -> None:
+        """Write ``model.pt``, ``density.npz`` and ``model.json`` (version from the weights)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu() for k, v in self.vae.state_dict().items()}
+        torch.save(state, folder / "model.pt")
+        h = hashlib.sha256()
+        for k in sorted(state):
+            h.update(k.encode())
+            h.update(state[k].numpy().tobytes())
+        if self.density is not None:
+            self.density.save(folder / "density.npz")
+            h.update(self.density.means.tobytes())
+        h.update(f"window={self.window}".encode())
+        self.version = f"vae-l{self.config.latent}-{h.hexdigest()[:12]}"
+        info = {
+            "version": self.version,
+            "vae": self.config.to_dict(),
+            "grid": self.grid.to_dict(),
+            "calibration": self.calibration,
+            "window": self.window,
+        } | (extra or {})
+        (folder / "model.json").write_text(json.dumps(info, indent=1) + "\n")
+
+    @torch.no_grad()
+    def _run(self, flux: np.ndarray, weight: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+        out: dict[str, list[np.ndarray]] = {k: [] for k in ("mu", "chi2", "n", "model", "amp")}
+        for start in range(0, len(flux), batch_size):
+            # Copies: the store's arrays are read-only memory maps, which torch refuses to wrap.
+            f = torch.tensor(np.asarray(flux[start : start + batch_size]), device=self.device)
+            w = torch.tensor(np.asarray(weight[start : start + batch_size]), device=self.device)
+            mu, _ = self.vae.encode(f, w)
+            terms = masked_terms(f, w, self.vae.decode(mu), self.config, self.vae.floor)
+            out["mu"].append(mu.cpu().numpy())
+            out["chi2"].append(terms["chi2"].cpu().numpy())
+            out["n"].append(terms["n"].cpu().numpy())
+            out["model"].append(terms["model"].cpu().numpy())
+            out["amp"].append(terms["amplitude"].cpu().numpy())
+        nb, lat = self.grid.n_bins, self.config.latent
+        empty = {"mu": (0, lat), "chi2": (0,), "n": (0,), "model": (0, nb), "amp": (0,)}
+        return {
+            k: np.concatenate(v) if v else np.zeros(empty[k], np.float32) for k, v in out.items()
+        }
+
+    def encode(self, flux: np.ndarray, weight: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """Latent means, shape (n, latent)."""
+        return self._run(flux, weight, batch_size)["mu"]
+
+    def reconstruct(
+        self, flux: np.ndarray, weight: np.ndarray, batch_size: int = 1024
+    ) -> np.ndarray:
+        """Reconstructions (with their fitted amplitude) on the rest grid, shape (n, n_bins)."""
+        return self._run(flux, weight, batch_size)["model"]
+
+    def score_arrays(
+        self,
+        flux: np.ndarray,
+        weight: np.ndarray,
+        *,
+        batch_size: int = 1024,
+        keep_model: bool = False,
+    ) -> dict[str, np.ndarray]:
+        """Scores (see the module docstring) and latents of prepared spectra.
+
+        Returns
+        -------
+        dict
+            ``chi2``, ``recon``, ``density``, ``score`` (n,), ``latent`` (n, latent),
+            ``amplitude`` (n,), and ``model`` (n, n_bins) when ``keep_model``.
+        """
+        run = self._run(flux, weight, batch_size)
+        chi2 = run["chi2"].astype(np.float64) / np.maximum(run["n"], 1)
+        floor = self.vae.floor.cpu().numpy()
+        coherent = coherent_residual(flux, weight, run["model"], floor, self.window)
+        recon = np.log(np.maximum(np.where(np.isfinite(coherent), coherent, chi2), 1e-12))
+        if self.density is not None:
+            density = -self.density.log_density(run["mu"])
+        else:
+            density = np.full(len(chi2), np.nan)
+        out = {
+            "chi2": chi2,
+            "recon": recon,
+            "density": density,
+            "latent": run["mu"],
+            "amplitude": run["amp"],
+        }
+        out["score"] = self.combine(recon, density)
+        if keep_model:
+            out["model"] = run["model"]
+        return out
+
+    def combine(self, recon: np.ndarray, density: np.ndarray) -> np.ndarray:
+        """Combined score from the calibration (reconstruction only if uncalibrated)."""
+        if not self.calibration:
+            return np.asarray(recon, dtype=np.float64)
+        (mr, sr), (md, sd) = self.calibration["recon"], self.calibration["density"]
+        return 0.5 * ((recon - mr) / sr + (density - md) / sd)

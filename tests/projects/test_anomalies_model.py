@@ -1,0 +1,162 @@
+"""The VAE: masked likelihood, deterministic training, exact resume, scoring harness."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest_anomalies import THREADS, synthetic_spectra, synthetic_store
+from desilab.projects.anomalies import (
+    VAE,
+    AnomalyModel,
+    FeatureStore,
+    PCABaseline,
+    RestGrid,
+    TrainConfig,
+    VAEConfig,
+    fit_baselines,
+    plot_history,
+    select_device,
+    set_threads,
+    train,
+)
+from sklearn.metrics import roc_auc_score
+
+SMALL = {"latent": 4, "hidden": (32, 16)}
+
+
+def fast_config(**kw) -> TrainConfig:
+    return TrainConfig(
+        **({"epochs": 3, "batch_size": 32, "threads": THREADS, "device": "cpu"} | kw)
+    )
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    set_threads(THREADS)
+
+
+def test_masked_pixels_do_not_affect_the_loss_or_its_gradient():
+    torch.manual_seed(0)
+    flux, weight, _ = synthetic_spectra(16, 64, seed=3)
+    model = VAE(VAEConfig(n_bins=64, **SMALL))
+
+    def loss_and_grad(f):
+        model.zero_grad()
+        gen = torch.Generator().manual_seed(5)
+        out = model(torch.as_tensor(f), torch.as_tensor(weight), generator=gen)
+        loss = (0.5 * out["chi2"] + out["kl"]).mean()
+        loss.backward()
+        return float(loss.detach()), [p.grad.clone() for p in model.parameters()]
+
+    base_loss, base_grad = loss_and_grad(flux)
+    masked = weight == 0
+    assert masked.any() and (~masked).any()
+    for garbage in (1e6, -3.0, np.nan, np.inf):
+        f = flux.copy()
+        f[masked] = garbage
+        loss, grad = loss_and_grad(f)
+        assert loss == base_loss, garbage
+        assert all(torch.equal(a, b) for a, b in zip(grad, base_grad, strict=True))
+    # ... whereas changing one unmasked pixel does change the loss.
+    f = flux.copy()
+    f[np.nonzero(~masked)[0][0], np.nonzero(~masked)[1][0]] += 1.0
+    assert loss_and_grad(f)[0] != base_loss
+
+
+def test_training_is_deterministic_for_a_seed(tmp_path):
+    store = synthetic_store(tmp_path / "store")
+    a = train(store, tmp_path / "a", vae=SMALL, config=fast_config(epochs=2), progress=False)
+    b = train(store, tmp_path / "b", vae=SMALL, config=fast_config(epochs=2), progress=False)
+    c = train(
+        store, tmp_path / "c", vae=SMALL, config=fast_config(epochs=2, seed=1), progress=False
+    )
+    assert a.version == b.version != c.version
+    for k, v in a.vae.state_dict().items():
+        assert torch.equal(v, b.vae.state_dict()[k])
+
+
+def test_resumed_training_equals_uninterrupted_training(tmp_path):
+    store = synthetic_store(tmp_path / "store")
+    full = train(store, tmp_path / "full", vae=SMALL, config=fast_config(epochs=4), progress=False)
+    # "Interrupted" after two epochs; the same command with epochs=4 resumes.
+    train(store, tmp_path / "resumed", vae=SMALL, config=fast_config(epochs=2), progress=False)
+    first = json.loads((tmp_path / "resumed" / "history.json").read_text())
+    assert len(first) == 2
+    resumed = train(
+        store, tmp_path / "resumed", vae=SMALL, config=fast_config(epochs=4), progress=False
+    )
+    for k, v in full.vae.state_dict().items():
+        assert torch.equal(v, resumed.vae.state_dict()[k]), k
+    assert resumed.version == full.version
+    h_full = json.loads((tmp_path / "full" / "history.json").read_text())
+    h_res = json.loads((tmp_path / "resumed" / "history.json").read_text())
+    for key in ("epoch", "train_loss", "val_loss", "train_kl"):
+        assert [h[key] for h in h_full] == [h[key] for h in h_res]
+    assert (tmp_path / "full" / "history.csv").read_text().count("\n") == 5
+    # The loss went down, and the plot of it is written.
+    assert h_full[-1]["train_loss"] < h_full[0]["train_loss"]
+    plot_history(tmp_path / "full", tmp_path / "loss.html")
+    assert "bokeh" in (tmp_path / "loss.html").read_text().lower()
+    # A different configuration in the same folder is refused, not silently mixed.
+    with pytest.raises(ValueError, match="another configuration"):
+        train(
+            store,
+            tmp_path / "resumed",
+            vae=SMALL,
+            config=fast_config(epochs=5, lr=1e-2),
+            progress=False,
+        )
+
+
+def test_a_trained_model_reloads_and_scores_what_it_did_not_learn(tmp_path):
+    store = synthetic_store(tmp_path / "store", n=400)
+    config = fast_config(epochs=20, lr=3e-3)
+    model = train(store, tmp_path / "vae", vae=SMALL, config=config, progress=False)
+    again = AnomalyModel.load(tmp_path / "vae", device="cpu")
+    flux, weight, _ = synthetic_spectra(80, 64, seed=11)
+    odd = flux.copy()
+    # An absorption trough that no training spectrum has, where it is observed.
+    seen = (weight[:, 40:48] > 0).all(axis=1)
+    y = np.zeros(80, bool)
+    y[:40] = seen[:40]
+    odd[y, 40:48] -= 0.8
+    assert y.sum() >= 12
+    s1 = model.score_arrays(odd, weight)
+    s2 = again.score_arrays(odd, weight)
+    assert np.array_equal(s1["score"], s2["score"])
+    assert s1["latent"].shape == (80, 4)
+    assert roc_auc_score(y, s1["recon"]) > 0.9
+    assert roc_auc_score(y, s1["score"]) > 0.85
+    # The same harness scores the baselines.
+    base = fit_baselines(store, tmp_path / "pca", n_components=4, floor=model.config.floor)
+    b = PCABaseline.load(tmp_path / "pca").score_arrays(odd, weight)
+    assert np.allclose(b["pca"], base.score_arrays(odd, weight)["pca"])
+    assert roc_auc_score(y, b["pca"]) > 0.9
+    assert np.isfinite(b["iforest"]).all()
+
+
+def test_the_store_reads_back_what_was_written(tmp_path):
+    flux, weight, meta = synthetic_spectra(50, 32, seed=2)
+    grid = RestGrid(1300.0, 3000.0, 32)
+    from desilab.projects.anomalies import write_feature_store
+
+    store = write_feature_store(tmp_path / "s", flux, weight, meta, grid, shard_size=20)
+    assert len(store) == 50 and len(store.shards) == 3
+    f, w, m = store.get(meta["TARGETID"][[45, 3, 21]])
+    assert np.array_equal(f, flux[[45, 3, 21]]) and np.array_equal(w, weight[[45, 3, 21]])
+    assert list(m["TARGETID"]) == list(meta["TARGETID"][[45, 3, 21]])
+    with pytest.raises(KeyError, match="not in feature store"):
+        store.get([1])
+    assert FeatureStore(tmp_path / "s").grid == grid
+
+
+def test_cuda_is_used_only_where_a_gpu_is_visible():
+    if torch.cuda.is_available():
+        assert select_device("auto").type == "cuda"
+    else:
+        assert select_device("auto").type == "cpu"
+        with pytest.raises(RuntimeError, match="no GPU is visible"):
+            select_device("cuda")
