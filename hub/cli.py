@@ -31,6 +31,18 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     ),
     "query": ("desilab.desi.cli.QueryApp", "Run one read-only SQL query on the catalog."),
     "db": ("desilab.desi.cli.DbApp", "Catalog database administration (db add-user NAME)."),
+    "voids": (
+        "desilab.projects.voids.cli.VoidsApp",
+        "Cosmic voids: find voids, classify galaxies, compare void and wall galaxies.",
+    ),
+    "outflows": (
+        "desilab.projects.outflows.cli.OutflowsApp",
+        "AGN outflows: batch BAL and [O III] fits (fit) and summary plots (report).",
+    ),
+    "anomalies": (
+        "desilab.projects.anomalies.cli.AnomaliesApp",
+        "Anomalous quasars: prepare spectra, train the VAE, score (Ray or local), evaluate.",
+    ),
 }
 
 

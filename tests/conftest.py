@@ -6,6 +6,7 @@ import itertools
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,46 @@ def catalog_db(homes_root):
         yield dsn
     finally:
         server.stop()
+
+
+@dataclass(frozen=True)
+class DemoCatalog:
+    """A small mock DR1 ingested into :func:`catalog_db` (shared by tutorials and widgets).
+
+    Attributes
+    ----------
+    admin_dsn : str
+        Owner DSN of the catalog database.
+    data_root : Path
+        The mock's DATA_ROOT (the DR1 tree).
+    truth : Path
+        The mock's truth folder (outside the DR1 tree).
+    """
+
+    admin_dsn: str
+    data_root: Path
+    truth: Path
+
+    def user_dsn(self, name: str) -> str:
+        """DSN of a per-user role, as a spawned server gets in DESILAB_DATABASE_URL."""
+        from desilab.desi.roles import ensure_user_role
+
+        return ensure_user_role(self.admin_dsn, name)
+
+
+#: Size of the shared mock: enough QSOs for a small VAE and BAL sample, enough galaxies
+#: for voids in a volume-limited sample, and still under a minute to build and ingest.
+DEMO_MOCK = {"n_qso": 1500, "n_galaxy": 20000, "n_star": 300, "seed": 20261129}
+
+
+@pytest.fixture(scope="session")
+def demo_catalog(homes_root, catalog_db):
+    """The shared mock DR1 (:data:`DEMO_MOCK`), generated and ingested once per session."""
+    from desilab.desi.ingest import ingest
+    from desilab.desi.mock import generate_mock
+
+    outdir = homes_root / "demo-mock"
+    summary = generate_mock(outdir, progress=False, workers=1, **DEMO_MOCK)
+    report = ingest(summary.data_root, catalog_db, progress=False)
+    assert not report.skipped, report.summary()
+    return DemoCatalog(catalog_db, Path(summary.data_root), outdir / "truth")
