@@ -19,6 +19,26 @@ from .ray_controller import RayClusterController, list_ray_clusters, stop_ray_cl
 from .ray_widget import RayClusterWidget
 from .templates import copy_template, list_templates, publish_templates
 
+#: Widgets that import bokeh, astropy and ipywidgets (seconds): loaded on first use,
+#: so the jupyter-server extension (this package) does not slow every server start.
+_LAZY = {
+    "CatalogQuery": ".catalog_widget",
+    "CatalogQueryModel": ".catalog_query",
+    "QueryHistory": ".catalog_query",
+    "SpectrumExplorer": ".spectrum_widget",
+    "SpectrumExplorerModel": ".spectra",
+    "Spectrum": ".spectra",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 CONFIG_DIR = Path(__file__).parent / "jupyter-config"
 
 
@@ -39,6 +59,8 @@ def _load_jupyter_server_extension(serverapp) -> None:
 
 
 __all__ = [
+    "CatalogQuery",
+    "CatalogQueryModel",
     "ClusterInfo",
     "ClusterRequest",
     "ClusterStatus",
@@ -46,10 +68,14 @@ __all__ = [
     "LocalRayBackend",
     "ProfileLimitError",
     "ProfileLimits",
+    "QueryHistory",
     "RayBackend",
     "RayClusterController",
     "RayClusterWidget",
     "RayLaunchError",
+    "Spectrum",
+    "SpectrumExplorer",
+    "SpectrumExplorerModel",
     "copy_template",
     "dask_cluster",
     "dask_settings",

@@ -31,6 +31,13 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+#: ipywidgets has no font trait for a Textarea: a class on the widget and one CSS rule.
+EDITOR_CSS = (
+    "<style>.desilab-sql textarea {font-family: var(--jp-code-font-family, monospace);"
+    " font-size: var(--jp-code-font-size, 13px);}</style>"
+)
+
+
 class CatalogQuery(w.VBox):
     """SQL editor, schema browser, examples, Run/Cancel, paged results, plots.
 
@@ -52,8 +59,9 @@ class CatalogQuery(w.VBox):
         self.model = CatalogQueryModel(catalog, **model_kwargs)
         self.editor = w.Textarea(
             value=next(iter(EXAMPLES.values())),
-            layout=w.Layout(width="100%", height="140px", font_family="monospace"),
+            layout=w.Layout(width="100%", height="140px"),
         )
+        self.editor.add_class("desilab-sql")
         self.examples = w.Dropdown(options=["examples…", *EXAMPLES], value="examples…")
         self.run_button = w.Button(description="Run", button_style="primary", icon="play")
         self.cancel_button = w.Button(description="Cancel", icon="stop", disabled=True)
@@ -95,6 +103,7 @@ class CatalogQuery(w.VBox):
             tabs.set_title(i, title)
         super().__init__(
             [
+                w.HTML(EDITOR_CSS),
                 w.HBox([self.examples, self.run_button, self.cancel_button, self.limits]),
                 self.editor,
                 self.status,

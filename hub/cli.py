@@ -68,6 +68,12 @@ class DesilabCommand(Application):
     def _home_default(self) -> str:
         return str(default_home())
 
+    @default("subcommand_description")
+    def _subcommand_description_default(self) -> str:
+        # traitlets would print the app's name ("desilab-voids"), which is no command.
+        command = self.name.replace("-", " ")
+        return f"Run `{command} CMD --help` for the options of CMD."
+
     config_file = Unicode(
         "desilab_config.py",
         help="""The configuration file to load. Relative paths are tried in the current
