@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["REVIEW_FLAGS", "Flag", "describe"]
+__all__ = ["EXPLANATIONS", "REVIEW_FLAGS", "Flag", "describe", "explain"]
 
 
 class Flag(enum.IntFlag):
@@ -54,3 +54,26 @@ REVIEW_FLAGS = (
 def describe(flags: int) -> list[str]:
     """Names of the bits set in ``flags``."""
     return [f.name for f in Flag if f.name and int(flags) & int(f)]
+
+
+#: What each bit means, in plain words (shown to reviewers).
+EXPLANATIONS = {
+    Flag.NO_COVERAGE: "the spectrum does not cover the window this measurement needs",
+    Flag.NO_SIIV: "Si IV is outside the spectrum (C IV was measured)",
+    Flag.LOW_SNR: "the signal-to-noise ratio in the fitted window is low",
+    Flag.BAD_CONTINUUM: "the continuum model misses structure (reduced chi2 above 3)",
+    Flag.BAD_LINE_FIT: "the [O III] model misses structure (reduced chi2 above 2)",
+    Flag.FIT_FAILED: "the optimiser failed or returned non-finite values",
+    Flag.NOT_CONVERGED: "the absorption clipping did not settle",
+    Flag.AT_BOUND: "a line parameter ended at its limit",
+    Flag.NO_LINE: "[O III] is not detected",
+    Flag.ARM_MISMATCH: "the spectrograph arms disagree where they overlap",
+    Flag.BAD_PIXELS: "the spectrum has NaN or infinite values (left out of the fit)",
+}
+
+
+def explain(flags: int) -> list[str]:
+    """Plain-language sentences for the bits set in ``flags`` (review flags first)."""
+    bits = [f for f in Flag if f.name and int(flags) & int(f)]
+    bits.sort(key=lambda f: not (int(f) & int(REVIEW_FLAGS)))
+    return [f"{f.name}: {EXPLANATIONS[f]}" for f in bits]

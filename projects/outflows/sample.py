@@ -24,6 +24,7 @@ __all__ = [
     "OIII_ZMAX",
     "SAMPLE_COLUMNS",
     "Unit",
+    "catalog_layout",
     "make_units",
     "rows_to_table",
     "select_from_catalog",
@@ -167,6 +168,29 @@ def select_from_catalog(
     for c in ("SURVEY", "PROGRAM"):
         out[c] = np.char.strip(np.asarray(out[c]).astype(str))
     return out[:limit] if limit else out
+
+
+def catalog_layout(dsn: str) -> DR1Layout:
+    """The DR1 tree the catalog's files were ingested from (``dr1.ingest_files``).
+
+    Reviews and refits re-read spectra from there, so a notebook needs only its
+    database connection (DESILAB_DATABASE_URL) to find them.
+
+    Raises
+    ------
+    LookupError
+        When nothing has been ingested.
+    """
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT data_root FROM dr1.ingest_files GROUP BY data_root "
+            "ORDER BY count(*) DESC LIMIT 1"
+        ).fetchone()
+    if row is None:
+        raise LookupError("the catalog has no ingested files: run `desilab ingest DATA_ROOT`")
+    return DR1Layout(row[0])
 
 
 def make_units(sample: Table, layout: DR1Layout) -> list[Unit]:
