@@ -3,7 +3,8 @@
 Find voids in a volume-limited BGS sample with a VoidFinder equivalent to VAST's
 (Hoyle & Vogeley 2002) and write them in the DESIVAST format; classify galaxies as
 wall, void, edge or outside (VAST's vflag); compare void and wall galaxies matched in
-stellar mass and redshift. ``desilab voids find|classify|compare`` runs it in batch.
+stellar mass and redshift. ``desilab voids find|classify|compare`` runs it in batch;
+:class:`VoidExplorer` is the notebook widget.
 """
 
 from .classify import (
@@ -35,6 +36,7 @@ from .results import (
     read_desivast_voids,
     read_membership,
     read_voids,
+    save_membership,
     write_membership,
     write_run,
     write_voids,
@@ -88,6 +90,7 @@ __all__ = [
     "TransformedMask",
     "VoidCatalog",
     "VoidFinderConfig",
+    "VoidExplorer",
     "VoidStudy",
     "as_mpch",
     "build_sample",
@@ -112,6 +115,7 @@ __all__ = [
     "read_desivast_voids",
     "read_membership",
     "read_voids",
+    "save_membership",
     "sdss_dr7_like",
     "sphere_overlap",
     "void_of_points",
@@ -122,3 +126,12 @@ __all__ = [
     "write_voids",
     "xyz_to_radec",
 ]
+
+
+def __getattr__(name: str):
+    # The widget pulls in ipywidgets and bokeh: import it only when asked for (not by the CLI).
+    if name == "VoidExplorer":
+        from .widget import VoidExplorer
+
+        return VoidExplorer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,6 +8,7 @@ and the void-against-wall distributions with their test results.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,6 +118,7 @@ class VoidStudy:
         catalog: VoidCatalog | str | Path | None = None,
         workers: int | None = 1,
         galaxies: Table | None = None,
+        progress: Callable[[str, float], None] | None = None,
     ) -> VoidStudy:
         """Build the sample, find voids (or use ``catalog``, e.g. a DESIVAST file), classify.
 
@@ -133,8 +135,13 @@ class VoidStudy:
             Processes for the void finder.
         galaxies : Table, optional
             Galaxies already loaded.
+        progress : callable, optional
+            Called as ``progress(stage, fraction done)`` before each stage (for widgets).
         """
+        step = progress or (lambda stage, done: None)
+        step("loading galaxies", 0.0)
         sample = build_sample(source, cuts, cap=cap, galaxies=galaxies)
+        step("finding voids" if catalog is None else "reading voids", 0.2)
         if catalog is None:
             catalog = find_voids(
                 sample.xyz[sample.vollim], sample.mask, config, workers=workers,
@@ -142,12 +149,20 @@ class VoidStudy:
             )  # fmt: skip
         elif not isinstance(catalog, VoidCatalog):
             catalog = VoidCatalog.read(catalog)
+        step("classifying galaxies", 0.8)
         membership = classify_galaxies(sample.xyz, catalog, sample.mask, targetid=sample.targetid)
+        step("done", 1.0)
         return cls(sample, catalog, membership)
 
     @classmethod
     def from_database(
-        cls, dsn: str, model_version: str, cap: str = "NGC", *, galaxies: Table | None = None
+        cls,
+        dsn: str,
+        model_version: str,
+        cap: str = "NGC",
+        *,
+        galaxies: Table | None = None,
+        progress: Callable[[str, float], None] | None = None,
     ) -> VoidStudy:
         """A study from the catalog alone: galaxies, voids and environments of a stored run.
 
@@ -160,9 +175,13 @@ class VoidStudy:
         cap : str
         galaxies : Table, optional
             Already loaded galaxies (else ``dr1.fastspec`` is read).
+        progress : callable, optional
+            Called as ``progress(stage, fraction done)`` before each stage.
         """
         from .results import list_runs, read_membership, read_voids
 
+        step = progress or (lambda stage, done: None)
+        step("reading the run", 0.0)
         runs = {r["model_version"]: r["assumptions"] for r in list_runs(dsn)}
         if model_version not in runs:
             raise KeyError(f"no void run {model_version!r}; runs: {sorted(runs)}")
@@ -173,15 +192,18 @@ class VoidStudy:
             sample_cuts.get("zmax", 0.24),
             sample_cuts.get("min_deltachi2", 25.0),
         )
+        step("loading galaxies", 0.1)
         sample = build_sample(
             dsn, cuts, cap=cap, nside=sample_cuts.get("footprint_nside", 64), galaxies=galaxies
         )
+        step("reading voids and environments", 0.7)
         catalog = read_voids(dsn, model_version, cap)
         rows = read_membership(dsn, model_version, cap=cap)
         pos = np.clip(np.searchsorted(rows["TARGETID"], sample.targetid), 0, len(rows) - 1)
         known = len(rows) > 0 and np.asarray(rows["TARGETID"])[pos] == sample.targetid
         vflag = np.where(known, np.asarray(rows["VFLAG"])[pos], -1).astype(np.int8)
         void = np.where(known, np.asarray(rows["VOID"])[pos], -1)
+        step("done", 1.0)
         return cls(sample, catalog, Membership(vflag, void, sample.targetid))
 
     def void_table(self) -> Table:

@@ -36,6 +36,7 @@ __all__ = [
     "read_desivast_voids",
     "read_membership",
     "read_voids",
+    "save_membership",
     "write_membership",
     "write_run",
     "write_voids",
@@ -236,6 +237,62 @@ def write_membership(
             "results.void_membership",
             ["targetid", "cap", "vflag", "void_id", "void_catalog", "model_version"],
             ["int8", "text", "int2", "int4", "text", "text"],
+            rows,
+        )
+
+
+def save_membership(
+    dsn: str,
+    membership: Membership,
+    *,
+    cap: str,
+    table: str = "my_void_membership",
+    void_catalog: str = "",
+) -> int:
+    """Keep galaxy environments in a table of your own schema (any user role may).
+
+    The table (created if needed, in the first schema of the search path: a user's own)
+    has the columns of ``results.void_membership``; the rows of ``cap`` are replaced in
+    one transaction. Returns the rows written.
+
+    Parameters
+    ----------
+    dsn : str
+        Your role's DSN (DESILAB_DATABASE_URL).
+    membership : Membership
+        Must carry TARGETIDs.
+    cap : str
+    table : str
+        Table name (unqualified).
+    void_catalog : str
+        Which voids classified the galaxies (a note kept with every row).
+    """
+    if membership.targetid is None:
+        raise ValueError("membership has no TARGETIDs to store")
+    name = sql.Identifier(table)
+    void = np.where(membership.vflag == VFLAG_VOID, membership.void, -1)
+    rows = zip(
+        membership.targetid.tolist(),
+        [cap] * len(membership),
+        membership.vflag.astype(int).tolist(),
+        [None if v < 0 else int(v) for v in void.tolist()],
+        [void_catalog] * len(membership),
+        strict=True,
+    )
+    with psycopg.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (targetid bigint NOT NULL, cap text NOT NULL, "
+                "vflag smallint NOT NULL, void_id integer, void_catalog text, "
+                "PRIMARY KEY (cap, targetid))"
+            ).format(name)
+        )
+        cur.execute(sql.SQL("DELETE FROM {} WHERE cap = %s").format(name), (cap,))
+        return _copy(
+            cur,
+            sql.Identifier(table).as_string(conn),
+            ["targetid", "cap", "vflag", "void_id", "void_catalog"],
+            ["int8", "text", "int2", "int4", "text"],
             rows,
         )
 

@@ -85,6 +85,33 @@ def test_desivast_layout_files_load_and_classify(found, tmp_path, lower):
     assert not inside.any() or set(m.vflag[inside].tolist()) == {VFLAG_VOID}
 
 
+def test_vast_output_with_its_extra_hdus_loads(found, tmp_path):
+    """VAST's own VoidFinder output: lower-case columns, 'Mpc/h' units, VAST's primary
+    keywords, and MASK (image), WALL and FIELD HDUs around MAXIMALS and HOLES."""
+    gal, mask, catalog = found
+    path = tmp_path / "SDSS_dr7_VoidFinder_Output.fits"
+    _desivast_like(path, catalog, lower=True)
+    with fits.open(path, mode="update") as hdul:
+        head = hdul["PRIMARY"].header
+        for key, value in {
+            "METRIC": "comoving", "DLIML": 0.0, "HP": 1.0, "RMISO": True, "MAGCUT": True,
+            "NNS": 3, "NNSA": 4.21, "NNSS": 1.87, "MSKRES": 1, "COVSTR": 2.1, "VOLUME": 1.7e6,
+            "GALAXY": len(gal), "VOID": len(catalog), "HGEL": 5.0, "GOX": -1.0, "NCPU": 2,
+        }.items():  # fmt: skip
+            head[key] = value
+        hdul.insert(1, fits.ImageHDU(np.ones((180, 360), dtype=np.int64), name="MASK"))
+        for name in ("WALL", "FIELD"):
+            xyz = Table({"x": gal[:10, 0], "y": gal[:10, 1], "z": gal[:10, 2]})
+            hdul.append(fits.BinTableHDU(xyz, name=name))
+    loaded = VoidCatalog.read(path)
+    for name in ("X", "RADIUS", "VOID", "EDGE", "R_EFF"):
+        np.testing.assert_array_equal(loaded.maximals[name], catalog.maximals[name])
+    np.testing.assert_array_equal(loaded.holes["RADIUS"], catalog.holes["RADIUS"])
+    assert loaded.header["VOLUME"] == 1.7e6 and loaded.header["METRIC"] == "comoving"
+    m = classify_galaxies(gal, loaded, mask)
+    np.testing.assert_array_equal(m.void, classify_galaxies(gal, catalog, mask).void)
+
+
 def test_missing_columns_are_named(found, tmp_path):
     _, _, catalog = found
     path = tmp_path / "broken.fits"
