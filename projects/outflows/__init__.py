@@ -12,8 +12,9 @@ from .energetics import (
     bolometric_luminosity,
     oiii_energetics,
 )
-from .flags import REVIEW_FLAGS, Flag, describe
+from .flags import REVIEW_FLAGS, Flag, describe, explain
 from .oiii import OIII_COLUMNS, OIIIFit, fit_oiii, fit_oiii_batch
+from .panels import bal_panel, oiii_panel
 from .plots import (
     bal_fraction_vs_z,
     bi_distribution,
@@ -26,6 +27,7 @@ from .results import create_tables, decisions, read_results, record_decision, wr
 from .review import ReviewItem, ReviewSession
 from .sample import (
     Unit,
+    catalog_layout,
     make_units,
     rows_to_table,
     select_from_catalog,
@@ -47,6 +49,7 @@ __all__ = [
     "FitOutcome",
     "Flag",
     "OIIIFit",
+    "OutflowExplorer",
     "QSOSpectra",
     "RadiusLuminosity",
     "RestGrid",
@@ -56,13 +59,16 @@ __all__ = [
     "Unit",
     "bal_energetics",
     "bal_fraction_vs_z",
+    "bal_panel",
     "bi_distribution",
     "bolometric_luminosity",
+    "catalog_layout",
     "combine_arms",
     "create_tables",
     "decisions",
     "describe",
     "edot_vs_lbol",
+    "explain",
     "fit_continuum",
     "fit_continuum_batch",
     "fit_oiii",
@@ -73,6 +79,7 @@ __all__ = [
     "measure_bal",
     "measure_bal_batch",
     "oiii_energetics",
+    "oiii_panel",
     "read_qso_spectra",
     "read_results",
     "rebin_rest",
@@ -87,3 +94,13 @@ __all__ = [
     "write_results",
     "write_table",
 ]
+
+
+def __getattr__(name: str):
+    # The widget needs ipywidgets and bokeh: load it only when asked for, so batch
+    # workers (Ray, processes) import the fitting code alone.
+    if name == "OutflowExplorer":
+        from .explorer import OutflowExplorer
+
+        return OutflowExplorer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

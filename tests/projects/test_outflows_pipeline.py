@@ -100,6 +100,10 @@ def test_bal_measurements_against_the_mock_truth(mock, batch):
     found = bi > 0
     assert (found & (bi_true > 0) & normal).sum() / ((bi_true > 0) & normal).sum() >= 0.90
     assert (found & injected & normal).sum() / (found & normal).sum() >= 0.95
+    # Semi-automated: the BALs the flags let through without review are pure even when the
+    # anomaly project's injected oddities (blended redshifts, arm jumps) are counted.
+    unflagged = found & ~np.array([bool(r["NEEDS_REVIEW"]) for r in rows])
+    assert (unflagged & injected).sum() / unflagged.sum() >= 0.95
     # ERR_BI_CIV from the Monte Carlo is a sensible 1-sigma error.
     err = np.array([r["ERR_BI_CIV"] for r in rows])[big]
     assert np.all(err > 0)
@@ -275,8 +279,12 @@ def test_ray_batch_equals_process_batch(mock):
     layout, _ = mock
     sample = select_from_files(layout, limit=30)
     local = run_batch(sample, layout, workers=2, use_ray=False, progress=False)
-    ray.init(num_cpus=2, object_store_memory=80 * 2**20, include_dashboard=False,
-             log_to_driver=False)  # fmt: skip
+    try:
+        ray.init(num_cpus=2, object_store_memory=80 * 2**20, include_dashboard=False,
+                 log_to_driver=False)  # fmt: skip
+    except Exception as e:  # Ray's own start-up failed (seen on overloaded hosts), not ours
+        ray.shutdown()
+        pytest.skip(f"a local Ray could not start here: {e}")
     try:
         remote = run_batch(sample, layout, use_ray=True, progress=False)
     finally:
