@@ -23,13 +23,28 @@ from .score import (
     score_shard,
     score_store,
 )
-from .select import select_qsos, select_qsos_from_catalog, select_qsos_from_files
+from .select import catalog_data_root, select_qsos, select_qsos_from_catalog, select_qsos_from_files
 from .store import FeatureStore, write_feature_store
 from .train import TrainConfig, plot_history, train
+
+#: The explorer widget and its model import ipywidgets and bokeh: loaded on first use, so the
+#: batch pipeline (CLI, Ray workers) does not pay for them.
+_LAZY = {"AnomalyExplorer": ".explorer_view", "AnomalyExplorerModel": ".explorer"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ANOMALY_CLASSES",
     "VAE",
+    "AnomalyExplorer",
+    "AnomalyExplorerModel",
     "AnomalyModel",
     "Evaluation",
     "Explanation",
@@ -42,6 +57,7 @@ __all__ = [
     "TrainConfig",
     "VAEConfig",
     "build_feature_store",
+    "catalog_data_root",
     "combine_arms",
     "create_results_table",
     "evaluate",

@@ -16,7 +16,13 @@ import numpy as np
 from astropy.table import Table, vstack
 from desilab.desi import DR1Layout, good_redshift, iter_zpix, zcat_primary
 
-__all__ = ["SELECTION_COLUMNS", "select_qsos", "select_qsos_from_catalog", "select_qsos_from_files"]
+__all__ = [
+    "SELECTION_COLUMNS",
+    "catalog_data_root",
+    "select_qsos",
+    "select_qsos_from_catalog",
+    "select_qsos_from_files",
+]
 
 #: Columns of a selection, in order.
 SELECTION_COLUMNS = ("TARGETID", "Z", "SURVEY", "PROGRAM", "HEALPIX")
@@ -162,3 +168,41 @@ def select_qsos(
     if isinstance(source, DR1Layout | Path) or (isinstance(source, str) and Path(source).is_dir()):
         return select_qsos_from_files(source, **kw)
     return select_qsos_from_catalog(source, **kw)
+
+
+def catalog_data_root(catalog: Any = None) -> Path:
+    """DATA_ROOT of the coadds the catalog knows: ``$DESILAB_DATA_ROOT``, else ``dr1.ingest_files``.
+
+    Parameters
+    ----------
+    catalog : str or object, optional
+        A DSN or a catalog handle (``.dsn``); default ``$DESILAB_DATABASE_URL``.
+
+    Raises
+    ------
+    LookupError
+        No coadd was ingested, or they come from several DATA_ROOTs (pass one).
+    """
+    import os
+
+    import psycopg
+
+    if os.environ.get("DESILAB_DATA_ROOT"):
+        return Path(os.environ["DESILAB_DATA_ROOT"])
+    dsn = (
+        catalog.dsn
+        if hasattr(catalog, "dsn")
+        else catalog or os.environ.get("DESILAB_DATABASE_URL")
+    )
+    if not dsn:
+        raise LookupError("no catalog: pass a DSN or set DESILAB_DATABASE_URL or DESILAB_DATA_ROOT")
+    with psycopg.connect(dsn) as conn:
+        roots = [r[0] for r in conn.execute(
+            "SELECT DISTINCT data_root FROM dr1.ingest_files WHERE kind = 'coadd' ORDER BY 1"
+        )]  # fmt: skip
+    if len(roots) != 1:
+        raise LookupError(
+            f"the catalog has coadds from {len(roots)} DATA_ROOTs {roots[:3]}: set "
+            "DESILAB_DATA_ROOT to the one to use"
+        )
+    return Path(roots[0])

@@ -26,7 +26,7 @@ import torch
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from .detector import AnomalyModel, LatentDensity, robust_scale
+from .detector import AnomalyModel, LatentDensity, calibrate, spectrum_snr
 from .model import VAE, VAEConfig, select_device, set_threads
 from .store import FeatureStore
 
@@ -309,13 +309,14 @@ def finalize(
 ) -> AnomalyModel:
     """Fit the latent density and the score calibration on the training rows; save."""
     detector = AnomalyModel(model, store.grid, device=config.device)
-    latents, recon = [], []
+    latents, recon, snr = [], [], []
     for i in range(len(store.shards)):
         f, w, _ = store.load_shard(i)
         r = rows_train[i]
         s = detector.score_arrays(np.asarray(f[r]), np.asarray(w[r]))
         latents.append(s["latent"])
         recon.append(s["recon"])
+        snr.append(spectrum_snr(f[r], w[r]))
     latents_all = np.concatenate(latents)
     rng = np.random.default_rng(config.seed)
     sample = latents_all
@@ -323,10 +324,7 @@ def finalize(
         sample = sample[np.sort(rng.choice(len(sample), config.density_sample, replace=False))]
     detector.density = LatentDensity.fit(sample, config.gmm_components, config.seed)
     density = -detector.density.log_density(latents_all)
-    detector.calibration = {
-        "recon": list(robust_scale(np.concatenate(recon))),
-        "density": list(robust_scale(density)),
-    }
+    detector.calibration = calibrate(np.concatenate(recon), density, np.concatenate(snr))
     detector.save(out, {"epochs": len(history), "train": asdict(config), "n_train": len(sample)})
     return detector
 

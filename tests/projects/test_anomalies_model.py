@@ -160,3 +160,32 @@ def test_cuda_is_used_only_where_a_gpu_is_visible():
         assert select_device("auto").type == "cpu"
         with pytest.raises(RuntimeError, match="no GPU is visible"):
             select_device("cuda")
+
+
+def test_the_reconstruction_score_is_calibrated_within_snr_bins():
+    from desilab.projects.anomalies.detector import calibrate
+
+    rng = np.random.default_rng(3)
+    snr = 10 ** rng.uniform(0, 2, 4000)
+    # Ordinary spectra: the VAE's systematic residual grows with S/N.
+    recon = np.log(snr) + rng.normal(0, 0.2, snr.size)
+    density = rng.normal(0, 1, snr.size)
+    cal = calibrate(recon, density, snr)
+    assert len(cal["recon_snr"]["median"]) == 10
+    model = AnomalyModel.__new__(AnomalyModel)
+    model.calibration = cal
+    score = model.combine(recon, density, snr)
+    bright, faint = snr > 50, snr < 2
+    # Bright ordinary objects no longer outrank faint ones ...
+    assert abs(np.median(score[bright]) - np.median(score[faint])) < 0.3
+    # ... and a faint object with a bright object's residual is now an outlier.
+    odd = model.combine(np.array([np.log(60.0)]), np.array([0.0]), np.array([1.5]))
+    assert odd[0] > np.quantile(score, 0.999)
+    # Either term flags an object: the larger standardised term counts.
+    both = model.combine(np.array([np.log(5.0)]), np.array([8.0]), np.array([5.0]))
+    assert both[0] > 5
+    # Models calibrated before keep the old combination (mean of globally scaled terms).
+    model.calibration = {"recon": cal["recon"], "density": cal["density"]}
+    (mr, sr), (md, sd) = cal["recon"], cal["density"]
+    old = model.combine(recon[:5], density[:5], snr[:5])
+    assert np.allclose(old, 0.5 * ((recon[:5] - mr) / sr + (density[:5] - md) / sd))

@@ -37,6 +37,7 @@ from desilab.projects.anomalies.cli import (
     TrainApp,
     read_scores,
 )
+from support.local_ray import local_ray
 
 MOCK_SEED = 5150
 #: VAE AUC over all injected anomalies that the end-to-end mini run must beat. The mini
@@ -44,19 +45,6 @@ MOCK_SEED = 5150
 #: is far from the full-size result (see docs/benchmarks.md): this guards against a
 #: pipeline that ranks at random (0.5) or upside down.
 MINI_RUN_MIN_AUC = 0.65
-
-
-def start_local_ray(ray, num_cpus: int) -> None:
-    """A local Ray; a second try when its raylet misses Ray's fixed 30 s start-up window,
-    which happens when the shared test machine is overloaded."""
-    kw = {"object_store_memory": 80 * 2**20, "include_dashboard": False, "log_to_driver": False}
-    try:
-        ray.init(num_cpus=num_cpus, **kw)
-    except Exception as exc:
-        if "timed out during startup" not in str(exc):
-            raise
-        ray.shutdown()
-        ray.init(num_cpus=num_cpus, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -151,17 +139,12 @@ def trained(store, tmp_path_factory):
 
 @pytest.mark.slow
 def test_ray_scoring_equals_local_scoring(store, trained):
-    ray = pytest.importorskip("ray")
     _, out = trained
     # In this process (workers=1) against a Ray worker process: same numbers, same order.
     local = score_store(store, out / "vae", workers=1, use_ray=False, progress=False)
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     # One worker: a second only adds start-up time on the 2-core test machine.
-    start_local_ray(ray, num_cpus=1)
-    try:
+    with local_ray(num_cpus=1):
         remote = score_store(store, out / "vae", use_ray=True, progress=False)
-    finally:
-        ray.shutdown()
     assert remote.colnames == local.colnames
     for name in local.colnames:
         assert np.array_equal(np.asarray(remote[name]), np.asarray(local[name])), name

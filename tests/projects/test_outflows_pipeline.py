@@ -31,6 +31,7 @@ from desilab.projects.outflows import (
     select_from_files,
 )
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from support.local_ray import local_ray
 
 MOCK_SEED = 11
 DESILAB = str(Path(sys.executable).with_name("desilab"))
@@ -275,20 +276,11 @@ def test_console_script_lists_the_outflows_commands():
 
 @pytest.mark.slow
 def test_ray_batch_equals_process_batch(mock):
-    ray = pytest.importorskip("ray")
     layout, _ = mock
     sample = select_from_files(layout, limit=30)
     local = run_batch(sample, layout, workers=2, use_ray=False, progress=False)
-    try:
-        ray.init(num_cpus=2, object_store_memory=80 * 2**20, include_dashboard=False,
-                 log_to_driver=False)  # fmt: skip
-    except Exception as e:  # Ray's own start-up failed (seen on overloaded hosts), not ours
-        ray.shutdown()
-        pytest.skip(f"a local Ray could not start here: {e}")
-    try:
+    with local_ray(num_cpus=2):
         remote = run_batch(sample, layout, use_ray=True, progress=False)
-    finally:
-        ray.shutdown()
     assert [r["TARGETID"] for r in remote["rows"]] == [r["TARGETID"] for r in local["rows"]]
     assert [r["BI_CIV"] for r in remote["rows"]] == [r["BI_CIV"] for r in local["rows"]]
     assert Assumptions().digest()

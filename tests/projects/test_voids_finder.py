@@ -23,6 +23,7 @@ from desilab.projects.voids import (
 from desilab.projects.voids.combine import find_maximals, join_holes
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
+from support.local_ray import local_ray
 
 BOX = 160.0
 PLANTED_CENTRES = np.array([[45.0, 50.0, 55.0], [112.0, 48.0, 100.0], [60.0, 115.0, 110.0]])
@@ -242,20 +243,7 @@ def test_maximal_selection_equals_the_sequential_greedy_loop():
 
 @pytest.mark.slow
 def test_ray_gives_the_same_voids(planted):
-    ray = pytest.importorskip("ray")
     gal, mask, catalog = planted
-    try:
-        ray.init(
-            num_cpus=2,
-            object_store_memory=100 * 2**20,
-            include_dashboard=False,
-            log_to_driver=False,
-        )
-    except Exception as exc:  # a local Ray that cannot start here is not the finder's fault
-        ray.shutdown()
-        pytest.skip(f"a local Ray cluster did not start: {exc}")
-    try:
+    with local_ray(num_cpus=2, object_store_mib=100):
         on_ray = find_voids(gal, mask, use_ray=True, chunk_size=5000)
-    finally:
-        ray.shutdown()
     _same_voids(catalog, on_ray)
