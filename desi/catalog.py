@@ -42,6 +42,8 @@ from .qtable import (
     QueryTable,
     parse_timeout,
     query_error,
+    register_array_loaders,
+    table_of_arrays,
     to_table,
     unit_of_comment,
 )
@@ -68,6 +70,22 @@ def _first_word(text: str) -> str:
     rest = _LEADING.sub("", text, count=1)
     m = re.match(r"\(|[A-Za-z_]+", rest)
     return m[0].lower() if m else ""
+
+
+def _nearest_first(row: Sequence | None) -> tuple[list, int]:
+    """The arrays of a packed cone row sorted by the last (haversine ``h``), which
+    becomes ``dist`` in arcsec (as :func:`desilab.desi.sky.distance_sql` computes it);
+    and their length."""
+    if row is None or row[-1] is None:  # no rows: array_agg gives NULLs
+        return [[] for _ in row or ()], 0
+    arrays = list(row)
+    h = np.asarray(arrays[-1], dtype=float)
+    if len(h) > 1 and not np.all(h[1:] >= h[:-1]):
+        order = np.argsort(h, kind="stable")
+        arrays = [a[order] if isinstance(a, np.ndarray) else [a[i] for i in order] for a in arrays]
+        h = h[order]
+    arrays[-1] = np.degrees(2 * np.arcsin(np.sqrt(np.minimum(1.0, h)))) * 3600.0
+    return arrays, len(h)
 
 
 class Catalog:
@@ -105,6 +123,7 @@ class Catalog:
         self.limit = limit
         self.timeout = timeout
         self._conn: psycopg.Connection | None = None
+        self._packed: psycopg.Cursor | None = None
         self._lock = threading.RLock()
         self._cancelled = False
         self._session_ms: int | None = None
@@ -125,7 +144,16 @@ class Catalog:
             except psycopg.OperationalError as exc:
                 raise CatalogError(f"cannot connect to the catalog database: {exc}") from exc
             self._session_ms = None
+            self._packed = None
         return self._conn
+
+    def _packed_cursor(self, conn: psycopg.Connection) -> psycopg.Cursor:
+        """A cursor of ``conn`` that decodes numeric arrays into NumPy (reused)."""
+        if self._packed is None or self._packed.connection is not conn:
+            cur = conn.cursor(binary=True)
+            register_array_loaders(cur.adapters)
+            self._packed = cur
+        return self._packed
 
     def close(self) -> None:
         """Close the connection (a later query opens a new one)."""
@@ -183,12 +211,15 @@ class Catalog:
         timeout,
         server_cursor: bool,
         transaction: bool = True,
+        packed: SkyTable | None = None,
     ) -> QueryTable:
         """Run one statement and fetch at most ``limit + 1`` rows.
 
         With ``transaction`` the statement runs in a READ ONLY transaction whose
         commands are pipelined (one round trip); without, as a single autocommit
         statement under the session's statement_timeout (our own SQL only).
+        With ``packed`` (the table of a cone) the statement returns one row of
+        arrays, one per column, the last ``dist``; they become the columns.
         """
         with self._lock:
             conn = self._connection()
@@ -196,7 +227,7 @@ class Catalog:
             sent, offset = (_DECLARE + text, len(_DECLARE)) if server_cursor else (text, 0)
             self._cancelled = False
             t0 = time.perf_counter()
-            cur = conn.cursor(binary=True)
+            cur = self._packed_cursor(conn) if packed else conn.cursor(binary=True)
             try:
                 if transaction:
                     with conn.pipeline():
@@ -217,16 +248,22 @@ class Catalog:
                     cur.execute(sent, params, binary=True)
                 rows = cur.fetchall()
                 description = cur.description or []
-                units = self._units_of(cur)
+                units = None if packed else self._units_of(cur)
             except psycopg.Error as exc:
                 self._reset(conn)
                 raise query_error(exc, sent, offset, cancelled=self._cancelled) from None
             except BaseException:
                 self._reset(conn)
                 raise
-        table = to_table(description, rows[:limit], units)
+        if packed:
+            arrays, n = _nearest_first(rows[0] if rows else None)
+            units = [packed.units.get(d.name) for d in description]
+            table = table_of_arrays(description, [a[:limit] for a in arrays], units)
+        else:
+            n = len(rows)
+            table = to_table(description, rows[:limit], units)
         table.meta.update(
-            sql=text, truncated=len(rows) > limit, limit=limit, seconds=time.perf_counter() - t0
+            sql=text, truncated=n > limit, limit=limit, seconds=time.perf_counter() - t0
         )
         return table
 
@@ -329,15 +366,14 @@ class Catalog:
             with self._lock:
                 conn = self._connection()
                 ident = sql.Identifier(schema, name).as_string(conn)
-                cols = [
-                    r[0]
-                    for r in conn.execute(
-                        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) "
-                        "AND attnum > 0 AND NOT attisdropped AND has_column_privilege("
-                        "attrelid, attnum, 'SELECT') ORDER BY attnum",
-                        (ident,),
-                    )
-                ]
+                found = conn.execute(
+                    "SELECT attname, atttypid::int, col_description(attrelid, attnum) "
+                    "FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+                    "AND attnum > 0 AND NOT attisdropped AND has_column_privilege("
+                    "attrelid, attnum, 'SELECT') ORDER BY attnum",
+                    (ident,),
+                ).fetchall()
+                cols = [r[0] for r in found]
                 quoted = {c: sql.Identifier(c).as_string(conn) for c in cols}
         except (psycopg.Error, ValueError) as exc:
             raise CatalogError(f"table {table!r} does not exist or you cannot read it") from exc
@@ -355,7 +391,12 @@ class Catalog:
             if known and known.default_columns
             else tuple(c for c in cols if c not in ("hpx", "file_id"))
         )
-        info = SkyTable(f"{schema}.{name}", ident, quoted[ra], quoted[dec], quoted, default)
+        # Units as :meth:`query` gives them: from the comments of dr1 columns.
+        units = {r[0]: unit_of_comment(r[2]) for r in found} if schema == "dr1" else {}
+        info = SkyTable(
+            f"{schema}.{name}", ident, quoted[ra], quoted[dec], quoted, default,
+            types={r[0]: r[1] for r in found}, units=units,
+        )  # fmt: skip
         self._sky[table] = info
         return info
 
@@ -394,15 +435,13 @@ class Catalog:
         ra_d, dec_d, r_d = sky.to_degrees(ra), sky.to_degrees(dec), sky.to_degrees(radius)
         info = self._sky_table(table)
         limit = self.limit if limit is None else int(limit)
-        text, n_ranges = cone_sql(info, ra_d, dec_d, r_d, columns, where, limit)
-        out = self._run(
-            text,
-            params if where else None,
-            limit=limit,
-            timeout=timeout,
-            server_cursor=False,
-            transaction=bool(where),
-        )
+        text, n_ranges, packed = cone_sql(info, ra_d, dec_d, r_d, columns, where, limit)
+        run = dict(limit=limit, timeout=timeout, server_cursor=False, transaction=bool(where))
+        out = self._run(text, params if where else None, packed=info if packed else None, **run)
+        if packed and out.meta["truncated"]:
+            # More matches than the cap: ask again for the nearest ``limit`` (sorted there).
+            text = cone_sql(info, ra_d, dec_d, r_d, columns, where, limit, ordered=True)[0]
+            out = self._run(text, params if where else None, packed=info, **run)
         out["dist"].unit = u.arcsec
         out.meta.update(ra=ra_d, dec=dec_d, radius_deg=r_d, ranges=n_ranges)
         return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import struct
 import warnings
 from collections.abc import Sequence
 
@@ -10,6 +11,8 @@ import astropy.units as u
 import numpy as np
 import psycopg
 from astropy.table import Column, MaskedColumn, Table
+from psycopg.adapt import AdaptersMap, Loader
+from psycopg.pq import Format
 
 __all__ = [
     "CatalogError",
@@ -20,6 +23,8 @@ __all__ = [
     "QueryTimeout",
     "parse_timeout",
     "query_error",
+    "register_array_loaders",
+    "table_of_arrays",
     "to_table",
 ]
 
@@ -115,6 +120,64 @@ def unit_of_comment(comment: str | None) -> str | None:
     return m[1] if m else None
 
 
+#: Element type OID of each array type OID that :func:`table_of_arrays` knows.
+_ELEMENT = {
+    1000: 16, 1005: 21, 1007: 23, 1016: 20, 1028: 26, 1021: 700, 1022: 701, 1231: 1700,
+    1002: 18, 1003: 19, 1009: 25, 1014: 1042, 1015: 1043,
+}  # fmt: skip
+#: Binary array types decoded straight into NumPy (fixed-width elements), big-endian.
+_BINARY_ELEMENT = {1000: "u1", 1005: ">i2", 1007: ">i4", 1016: ">i8", 1021: ">f4", 1022: ">f8"}
+
+
+class _NumpyArrayLoader(Loader):
+    """Binary one-dimensional arrays of fixed-width numbers -> NumPy arrays, vectorised.
+
+    psycopg builds one Python object per element; a cone of thousands of rows
+    fetched as one row of arrays (``array_agg``) is then decoded by one
+    ``np.frombuffer`` per column. Arrays with NULLs come back as lists (``None``
+    for NULL), as psycopg would give them.
+    """
+
+    format = Format.BINARY
+    element = ">i8"
+
+    def load(self, data) -> np.ndarray | list:
+        ndim, has_null = struct.unpack_from(">ii", data, 0)
+        dtype = np.dtype(self.element)
+        if ndim == 0:
+            return np.zeros(0, dtype=dtype.newbyteorder("="))
+        if ndim != 1:
+            raise psycopg.DataError(f"expected a one-dimensional array, got {ndim} dimensions")
+        (n,) = struct.unpack_from(">i", data, 12)
+        if not has_null:
+            rec = np.dtype([("len", ">i4"), ("value", dtype)])
+            values = np.frombuffer(data, dtype=rec, count=n, offset=20)["value"]
+            return values.astype(dtype.newbyteorder("="))
+        out: list = []
+        pos = 20
+        for _ in range(n):
+            (length,) = struct.unpack_from(">i", data, pos)
+            pos += 4
+            if length < 0:
+                out.append(None)
+            else:
+                out.append(np.frombuffer(data, dtype=dtype, count=1, offset=pos)[0].item())
+                pos += length
+        return out
+
+
+_ARRAY_LOADERS = {
+    oid: type(f"NumpyArrayLoader{oid}", (_NumpyArrayLoader,), {"element": element})
+    for oid, element in _BINARY_ELEMENT.items()
+}
+
+
+def register_array_loaders(adapters: AdaptersMap) -> None:
+    """Make ``adapters`` (a cursor's) decode binary numeric arrays into NumPy arrays."""
+    for oid, loader in _ARRAY_LOADERS.items():
+        adapters.register_loader(oid, loader)
+
+
 def _column(name: str, values: Sequence, oid: int) -> Column:
     n = len(values)
     has_null = None in values  # a C-level scan; the mask only when needed
@@ -186,6 +249,37 @@ def to_table(
         cols[name] = _column(name, values, d.type_code)
     out = QueryTable(cols, copy=False) if cols else QueryTable()
     for name, unit in zip(cols, units or (), strict=False):
+        if unit:
+            out[name].unit = _unit(unit)
+    return out
+
+
+def table_of_arrays(
+    description: Sequence, row: Sequence | None, units: Sequence[str | None] | None = None
+) -> QueryTable:
+    """One result row of arrays (``SELECT array_agg(a), array_agg(b) ...``) -> QueryTable.
+
+    Each array becomes a column of the element type, as :func:`to_table` makes
+    it from rows; NULL arrays (no rows were aggregated) give empty columns.
+    """
+    columns, names, seen = {}, [], {}
+    for i, d in enumerate(description):
+        name = d.name
+        if name in seen:
+            seen[name] += 1
+            name = f"{name}_{seen[name]}"
+        else:
+            seen[name] = 0
+        values = row[i] if row is not None and row[i] is not None else []
+        oid = _ELEMENT.get(d.type_code, 0)
+        if oid in _NUMERIC and (isinstance(values, np.ndarray) or not len(values)):
+            # A plain array: astropy then makes the Column once (a third of the time).
+            columns[name] = np.asarray(values, dtype=_NUMERIC[oid])
+        else:
+            columns[name] = _column(name, values, oid)
+        names.append(name)
+    out = QueryTable(columns, copy=False) if columns else QueryTable()
+    for name, unit in zip(names, units or (), strict=False):
         if unit:
             out[name].unit = _unit(unit)
     return out

@@ -8,7 +8,7 @@ literals, so the planner always sees them (no generic plans, DESIGN pitfalls).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import astropy.units as u
 import numpy as np
@@ -34,6 +34,8 @@ class SkyTable:
     dec: str
     columns: dict[str, str]  # column name -> quoted
     default: tuple[str, ...]
+    types: dict[str, int] = field(default_factory=dict)  # column name -> type OID
+    units: dict[str, str | None] = field(default_factory=dict)  # from the column comments
 
     def select(self, wanted: Sequence[str] | None, alias: str = "t") -> str:
         """Quoted ``alias.col`` list; unknown names raise CatalogError."""
@@ -54,6 +56,11 @@ def find_radec(names: Sequence[str]) -> tuple[str | None, str | None]:
     return ra, dec
 
 
+#: Scalar column types a cone can return as arrays (one row of ``array_agg``), by OID:
+#: bool, int2/4/8, oid, float4/8, numeric, "char", name, text, bpchar, varchar.
+PACKABLE = {16, 20, 21, 23, 26, 700, 701, 1700, 18, 19, 25, 1042, 1043}
+
+
 def cone_sql(
     t: SkyTable,
     ra: float,
@@ -62,24 +69,56 @@ def cone_sql(
     columns: Sequence[str] | None,
     where: str | None,
     limit: int,
-) -> tuple[str, int]:
-    """SQL of a cone search, nearest first; returns (sql, number of hpx ranges)."""
+    ordered: bool = False,
+) -> tuple[str, int, bool]:
+    """SQL of a cone search, nearest first.
+
+    Returns (sql, number of hpx ranges, packed). When every wanted column is a
+    scalar (:data:`PACKABLE`) the result is one row of arrays, one per column,
+    and last the haversine ``h`` of each match (``packed``): the client decodes
+    them column by column instead of value by value, computes ``dist`` from
+    ``h`` and sorts. That SQL sorts only with ``ordered``: when no more than
+    ``limit`` rows match, which ones are kept does not depend on their order
+    (the client asks again with ``ordered`` when more do). Otherwise the SQL
+    returns one row per match, nearest first.
+    """
     ranges = sky.cone_ranges(ra, dec, radius_deg)
+    names = list(columns) if columns is not None else list(t.default)
+    select = t.select(names)  # validates the names
     ra_c, dec_c = f"t.{t.ra}", f"t.{t.dec}"
     hav = sky.haversine_sql(sky.num(ra), sky.num(dec), ra_c, dec_c)
     cond = [
         sky.ranges_sql("t.hpx", ranges),
         f"{dec_c} BETWEEN {sky.num(dec - radius_deg - 1e-9)} "
         f"AND {sky.num(dec + radius_deg + 1e-9)}",
-        f"{hav} <= {sky.num(sky.haversine_limit(radius_deg))}",
     ]
+    window = sky.ra_window_sql(ra_c, ra, dec, radius_deg)
+    if window:
+        cond.append(window)
     if where:
         cond.append(f"({where})")
+    within = f"{sky.num(sky.haversine_limit(radius_deg))}"
+    packed = bool(names) and all(t.types.get(c) in PACKABLE for c in names)
+    if not packed:
+        cond.append(f"{hav} <= {within}")
+        text = (
+            f"SELECT {select}, {sky.distance_sql(hav)} AS dist FROM {t.ident} AS t "
+            f"WHERE {' AND '.join(cond)} ORDER BY dist LIMIT {int(limit) + 1}"
+        )
+        return text, len(ranges), False
+    # The haversine once per candidate row: computed in a subquery that OFFSET 0 keeps
+    # from being merged into the outer one (else the server evaluates it in the WHERE
+    # and again for the distance of every match). Columns travel as c0, c1... so no
+    # name of the table can clash with ours.
+    inner = ", ".join(f"t.{t.columns[c]} AS c{i}" for i, c in enumerate(names))
+    aggs = ", ".join(f"array_agg(c{i}) AS {t.columns[c]}" for i, c in enumerate(names))
     text = (
-        f"SELECT {t.select(columns)}, {sky.distance_sql(hav)} AS dist FROM {t.ident} AS t "
-        f"WHERE {' AND '.join(cond)} ORDER BY dist LIMIT {int(limit) + 1}"
+        f"SELECT {aggs}, array_agg(h) AS dist FROM (SELECT * FROM "
+        f"(SELECT {inner}, {hav} AS h FROM {t.ident} AS t WHERE {' AND '.join(cond)} "
+        f"OFFSET 0) AS m WHERE h <= {within}{' ORDER BY h' if ordered else ''} "
+        f"LIMIT {int(limit) + 1}) AS s"
     )
-    return text, len(ranges)
+    return text, len(ranges), True
 
 
 def xmatch_sql(t: SkyTable, radius_deg: float, columns: Sequence[str] | None) -> str:

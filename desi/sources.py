@@ -209,8 +209,12 @@ def _sky_table_batches(
         ra = column(ra_dec[0]).astype(np.float64)
         dec = column(ra_dec[1]).astype(np.float64)
         hpx = _hpx(src.path, hdus[where[ra_dec[0]]].name, ra_dec[0], ra, dec)
-        order = np.argsort(hpx, kind="stable")
-        recs[:] = [r[order] for r in recs]  # whole records: one gather per HDU
+        # Unstable is fine (rows of one pixel may come in any order) and several times
+        # faster than a stable sort of int64 keys.
+        order = np.argsort(hpx)
+        # Whole records, one gather per HDU, as opaque fixed-size items: np.take of a
+        # void view is ~4x faster than indexing the structured array (field by field).
+        recs[:] = [np.take(r.view(f"V{r.dtype.itemsize}"), order).view(r.dtype) for r in recs]
         hpx = hpx[order]
         data = {name: column(name) for name in where}
         groups = [(tables[0], np.ones(len(hpx), dtype=bool))]

@@ -166,3 +166,30 @@ def test_match_ranges_are_few_per_position():
     assert len(rows) < 1.5 * 10_000
     own = hpx_index(ra, dec)
     assert np.all(np.bincount(rows[(own[rows] >= lo) & (own[rows] < hi)]) == 1)
+
+
+def test_cone_with_ra_in_either_convention_nulls_text_and_no_rows(sky):
+    """RA stored in [-180, 180) finds the same rows; NULLs come back masked, text as str."""
+    cat, _, _, dsn = sky
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE public.sky_pm AS SELECT targetid, CASE WHEN ra >= 180 THEN ra - 360 "
+            "ELSE ra END AS ra, dec, CASE WHEN targetid % 7 = 0 THEN NULL ELSE mag END AS mag, "
+            "'T' || (targetid % 3)::text AS label, hpx FROM public.sky"
+        )
+        conn.execute("CREATE INDEX sky_pm_hpx ON public.sky_pm (hpx)")
+        conn.execute("ANALYZE public.sky_pm")
+    for ra0, dec0 in [(0.0, 0.0), (359.999, 41.8), (180.0, -30.0), (0.0, 90.0)]:
+        want = cat.cone(ra0, dec0, 0.2, table="public.sky", columns=["targetid"], limit=10**6)
+        got = cat.cone(ra0 - 360, dec0, 0.2, table="public.sky_pm", limit=10**6)
+        assert len(want) > 100
+        assert sorted(got["targetid"]) == sorted(want["targetid"]), (ra0, dec0)
+        assert np.all(np.diff(got["dist"]) >= 0)
+        ids = np.asarray(got["targetid"])
+        assert list(got["mag"].mask) == list(ids % 7 == 0)
+        assert list(got["label"]) == [f"T{i % 3}" for i in ids]
+        near = cat.cone(ra0, dec0, 0.2, table="public.sky_pm", limit=5)  # the 5 nearest
+        assert near.meta["truncated"] and list(near["targetid"]) == list(ids[:5])
+    empty = cat.cone(10.0, 10.0, 1e-7, table="public.sky_pm")
+    assert len(empty) == 0 and empty["dist"].unit == u.arcsec
+    assert empty.colnames == ["targetid", "ra", "dec", "mag", "label", "dist"]
