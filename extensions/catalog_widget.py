@@ -130,14 +130,18 @@ class CatalogQuery(w.VBox):
         """Run the editor's SQL (or ``sql``) without blocking the kernel."""
         if sql is not None:
             self.editor.value = sql
-        try:
-            future = self.model.run(self.editor.value, on_done=lambda _: self._finished())
-        except (RuntimeError, ValueError) as e:
-            self._say(str(e), error=True)
+        if self.model.running:
+            self._say("a query is already running: wait for it or press Cancel", error=True)
             return None
+        # before the query starts: a fast one finishes (and says so) before run() returns
         self.run_button.disabled, self.cancel_button.disabled = True, False
         self._say("running…")
-        return future
+        try:
+            return self.model.run(self.editor.value, on_done=lambda _: self._finished())
+        except (RuntimeError, ValueError) as e:
+            self.run_button.disabled, self.cancel_button.disabled = False, True
+            self._say(str(e), error=True)
+            return None
 
     def _finished(self) -> None:
         self.run_button.disabled, self.cancel_button.disabled = False, True
@@ -180,6 +184,9 @@ class CatalogQuery(w.VBox):
         with self.plot_area:
             from IPython.display import display
 
+            from .spectrum_widget import ensure_bokehjs
+
+            ensure_bokehjs()
             display(BokehModel(fig))
 
     def _say(self, text: str, error: bool = False) -> None:

@@ -20,6 +20,31 @@ ARM_COLOURS = {"B": "#1f77b4", "R": "#d62728", "Z": "#7f3c8d", "spectrum": "#1f7
 VI_FLAGS = ("good", "bad", "interesting", "artifact", "wrong-z", "unsure")
 
 
+_BOKEHJS_LOADED = False
+
+
+def ensure_bokehjs() -> None:
+    """Load BokehJS into the notebook page once per kernel (jupyter_bokeh needs it).
+
+    Inline, not from a CDN: servers behind the hub may have no internet access.
+    Outside a notebook kernel this does nothing.
+    """
+    global _BOKEHJS_LOADED
+    if _BOKEHJS_LOADED:
+        return
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    if get_ipython() is None or not hasattr(get_ipython(), "kernel"):
+        return
+    from bokeh.io import output_notebook
+    from bokeh.resources import INLINE
+
+    output_notebook(INLINE, hide_banner=True)
+    _BOKEHJS_LOADED = True
+
+
 def _nan_to_none(a: np.ndarray) -> list:
     """Bokeh draws gaps at NaN; JSON needs them as null."""
     return [None if not np.isfinite(v) else float(v) for v in np.asarray(a, float)]
@@ -59,11 +84,13 @@ class SpectrumExplorer(w.VBox):
         self.fig.legend.click_policy = "hide"
         self.fig.legend.location = "top_right"
         self._build_controls()
+        # draw first: glyphs added after the BokehModel is made never reach the browser
+        self.refresh()
         from jupyter_bokeh import BokehModel
 
+        ensure_bokehjs()
         self.plot = BokehModel(self.fig)
         super().__init__([self.toolbar, self.plot, w.HBox([self.info, self.vi_box]), self.status])
-        self.refresh()
 
     # -- constructors ---------------------------------------------------------
     @classmethod
@@ -127,8 +154,10 @@ class SpectrumExplorer(w.VBox):
         self.prev_button.on_click(lambda _: self._navigate(self.model.previous))
         self.next_button.on_click(lambda _: self._navigate(self.model.next))
         self.position.observe(lambda ch: self._navigate(self.model.go, ch["new"] - 1), "value")
-        self.z_box.observe(lambda ch: self._set_z(ch["new"]), "value")
-        self.z_slider.observe(lambda ch: self._set_z(ch["new"]), "value")
+        self.z_box.observe(lambda ch: self._set_z(ch["new"], 5e-6), "value")
+        self.z_slider.observe(
+            lambda ch: self._set_z(ch["new"], self.z_slider.step / 2 + 1e-9), "value"
+        )
         self.z_reset.on_click(lambda _: self._reset_z())
         self.smoothing.observe(lambda ch: self._guard(self.model.set_smoothing, ch["new"]), "value")
         self.frame.observe(lambda ch: self._guard(self.model.set_frame, ch["new"]), "value")
@@ -162,8 +191,10 @@ class SpectrumExplorer(w.VBox):
 
         self._pool.submit(functools.partial(action, *args)).add_done_callback(done)
 
-    def _set_z(self, z: float) -> None:
-        if abs(z - self.model.z) < 1e-9:
+    def _set_z(self, z: float, tolerance: float = 1e-9) -> None:
+        # the box shows z to 5 decimals and the slider snaps it to its step: neither
+        # echo of what refresh() wrote is the user choosing a redshift
+        if abs(z - self.model.z) <= tolerance:
             return
         self._guard(self.model.set_redshift, z)
 
@@ -201,6 +232,10 @@ class SpectrumExplorer(w.VBox):
                 )
             else:
                 self.sources[name].data = cols
+        has_model = any(np.isfinite(arm["model"]).any() for arm in data.values())
+        for item in self.fig.legend[0].items if self.fig.legend else ():
+            if getattr(item.label, "value", None) == "model":
+                item.visible = has_model  # no "model" entry for spectra without one
         masked = m.masked_points()
         self.masked.data = {"x": _nan_to_none(masked["x"]), "y": _nan_to_none(masked["y"])}
         finite = np.concatenate(

@@ -118,3 +118,16 @@ def test_vi_is_saved_as_the_connected_user_only(catalog_db):
         )
     with pytest.raises(ValueError, match="unknown flag"):
         save_inspection(alice, 1, "meh")
+
+
+def model_legend_visible(explorer) -> bool:
+    [item] = [i for i in explorer.fig.legend[0].items if getattr(i.label, "value", None) == "model"]
+    return item.visible
+
+
+def test_the_model_appears_in_the_legend_only_when_given():
+    wave, flux, ivar, mask, info = fake_spectra()
+    assert not model_legend_visible(SpectrumExplorer.from_arrays(wave, flux, ivar, mask, info))
+    model = {arm: np.ones_like(f) for arm, f in flux.items()}
+    explorer = SpectrumExplorer.from_arrays(wave, flux, ivar, mask, info, model=model)
+    assert model_legend_visible(explorer)
