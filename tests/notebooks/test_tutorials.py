@@ -59,23 +59,26 @@ def run_nbval(notebook: Path, env: dict[str, str], cwd: Path) -> subprocess.Comp
     )
 
 
+def run_tutorial(name: str, home: Path, database_url: str) -> None:
+    """Run one tutorial with nbval in ``home`` as a cpu-small server would; fail with its output."""
+    home.mkdir(exist_ok=True)
+    result = run_nbval(TUTORIALS / name, server_like_env(home, database_url), home)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "passed" in result.stdout
+
+
 def test_getting_started(gpu_hub, tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     publish_templates(home)
     url = ensure_user_role(embedded_dsn(gpu_hub.home), "tutorial")
-    result = run_nbval(TUTORIALS / "00-getting-started.ipynb", server_like_env(home, url), home)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "passed" in result.stdout
+    run_tutorial("00-getting-started.ipynb", home, url)
 
 
 def test_voids_tutorial(demo_catalog, tmp_path):
     home = tmp_path / "home"
-    home.mkdir()
     url = demo_catalog.user_dsn("voidtutorial")
-    result = run_nbval(TUTORIALS / "04-voids.ipynb", server_like_env(home, url), home)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "passed" in result.stdout
+    run_tutorial("04-voids.ipynb", home, url)
     # It writes to the user's home (published tutorials are read-only) and keeps its
     # classification in the user's own schema.
     assert (home / "VoidFinder_NGC_tutorial.fits").is_file()
@@ -89,11 +92,8 @@ def test_voids_tutorial(demo_catalog, tmp_path):
 
 def test_anomalies_tutorial(demo_catalog, tmp_path):
     home = tmp_path / "home"
-    home.mkdir()
     url = demo_catalog.user_dsn("anomalytutorial")
-    result = run_nbval(TUTORIALS / "02-anomalies.ipynb", server_like_env(home, url), home)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "passed" in result.stdout
+    run_tutorial("02-anomalies.ipynb", home, url)
     # It built a store and a model in the user's home and flagged the top object as the user.
     assert (home / "anomalies-tutorial" / "vae" / "model.json").is_file()
     import psycopg
@@ -137,11 +137,8 @@ def outflow_fits(demo_catalog):
 
 def test_outflows_tutorial(outflow_fits, demo_catalog, tmp_path):
     home = tmp_path / "home"
-    home.mkdir()
     url = demo_catalog.user_dsn("outflowtutor")
-    result = run_nbval(TUTORIALS / "03-outflows.ipynb", server_like_env(home, url), home)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "passed" in result.stdout
+    run_tutorial("03-outflows.ipynb", home, url)
 
 
 def test_widgets(demo_catalog, tmp_path):
@@ -153,8 +150,5 @@ def test_widgets(demo_catalog, tmp_path):
     (the connect snippet included) and in the browser test.
     """
     home = tmp_path / "home"
-    home.mkdir()
     url = demo_catalog.user_dsn("tutorial-widgets")
-    result = run_nbval(TUTORIALS / "01-widgets.ipynb", server_like_env(home, url), home)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "passed" in result.stdout
+    run_tutorial("01-widgets.ipynb", home, url)
