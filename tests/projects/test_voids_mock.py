@@ -8,6 +8,21 @@ our classification the effect is diluted: we ask for the right sign, beyond the
 bootstrap interval, on every property. With the truth flags, in a mass-complete
 star-forming subset (so that the flux limit does not select on sSFR), the measured
 sSFR shift must contain the injected value in its interval.
+
+Why the dilution (measured on this mock, seed 7): a void-minus-wall shift measures the
+injected one times P(IN_VOID | void) - P(IN_VOID | wall). Our voids fill 48 % (NGC) and
+41 % (SGC) of the survey volume, the IN_VOID regions 25 % and 39 % of it; in the NGC 81 %
+of the IN_VOID volume is inside our voids but only 42 % of our void volume is IN_VOID.
+95 % of the void galaxies are fainter than the volume limit; in the NGC 39 % lie within
+2 Mpc/h of their void's surface (13 % IN_VOID there, 64 % deeper than 7 Mpc/h). In the
+mass-complete star-forming subset P(IN_VOID | void) = 0.19 and P(IN_VOID | wall) = 0.02,
+so a shift of ~0.02 is expected. The footprint is a 90 deg^2 pencil beam (46 % of the
+NGC volume and 70 % of the SGC one within 10 Mpc/h of an edge) and the volume-limited
+density is 2.5-2.8e-3 (h/Mpc)^3, under half SDSS DR7's. Even on a 7 500 deg^2
+SDSS-density lognormal survey with a truth matched to VoidFinder (union of 10 Mpc/h
+spheres, 62 % of the volume) the difference is 0.65, not 1: a binary VoidFinder
+classification cannot return the full shift of a density-defined injection, so that
+criterion is recorded as a strict xfail below.
 """
 
 from __future__ import annotations
@@ -112,6 +127,22 @@ def test_classified_ssfr_shift_matches_the_injection_diluted_by_purity(studies):
     assert measured.n_void == expected.n_void > 100
     assert 0 < expected.delta < injected / 2  # diluted, not gone
     assert measured.ci[0] <= expected.delta <= measured.ci[1], (measured.row(), expected.delta)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 7 item 4: VoidFinder environments dilute the injected shift by "
+    "P(IN_VOID|void) - P(IN_VOID|wall), ~0.2 here (see the module docstring)",
+)
+def test_classified_ssfr_shift_contains_the_injected_value(studies):
+    """The criterion as issue 7 states it, with our classification instead of the truth."""
+    _, table, vflag, _, meta = studies
+    injected = float(meta["VDLSSFR"])
+    z, logm = np.asarray(table["Z"]), np.asarray(table["LOGMSTAR"])
+    complete_sf = (z < 0.15) & (logm > 10.3) & (np.asarray(table["LOG_SSFR"]) > -11.0)
+    (c,) = compare_environments(table, vflag, {"LOG_SSFR": "sSFR"}, select=complete_sf, n_boot=1000)
+    assert c.ci[0] > 0, c.row()
+    assert c.ci[0] <= injected <= c.ci[1], c.row()
 
 
 def test_the_mock_desivast_catalog_loads_and_classifies(mock, studies):
