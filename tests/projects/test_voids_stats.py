@@ -107,3 +107,37 @@ def test_stellar_mass_itself_is_matched_in_redshift_only():
 def test_compare_samples_needs_matched_galaxies():
     with pytest.raises(ValueError, match="fewer than 2"):
         compare_samples(np.array([1.0, np.nan]), np.full((2, 3), np.nan), name="G_R")
+
+
+def _reused_controls(rng, n_void=240, n_wall=110, effect=0.2):
+    """More void than wall galaxies in a narrow redshift range: each control that is used
+    serves ~5-6 void galaxies. The property falls with mass, walls are more massive."""
+    logm = np.concatenate([rng.normal(10.0, 0.3, n_void), rng.normal(10.2, 0.3, n_wall)])
+    z = rng.uniform(0.02, 0.08, n_void + n_wall)
+    vflag = np.r_[np.ones(n_void, int), np.zeros(n_wall, int)]
+    x = 0.5 * (logm - 10.0) + effect * vflag + rng.normal(0, 0.3, len(z))
+    return {"LOGMSTAR": logm, "Z": z, "X": x}, vflag
+
+
+def test_intervals_cover_the_true_shift_when_controls_are_reused():
+    """Over many independent draws of both populations, the 95 % intervals of the mean
+    and median shifts contain the true shift ~95 % of the time, and their widths match
+    the spread of the estimates. Resampling void galaxies together with their (shared)
+    controls gave 77 % (mean) and 75 % (median) coverage here, intervals 40 % too narrow:
+    a control matched five times counted as five independent draws."""
+    rng = np.random.default_rng(2026)
+    comparisons = []
+    for draw in range(150):
+        table, vflag = _reused_controls(rng)
+        comparisons += compare_environments(table, vflag, {"X": "x"}, n_boot=150, seed=draw)
+    reuse = [c.n_control / len(np.unique(c.control_values)) for c in comparisons]
+    assert np.mean(reuse) > 4  # the regime where shared controls matter
+    for ci, est in (("ci", "delta"), ("ci_median", "delta_median")):
+        low, high = np.array([getattr(c, ci) for c in comparisons]).T
+        values = np.array([getattr(c, est) for c in comparisons])
+        assert abs(values.mean() - 0.2) < 0.015  # matching removes the mass confounding
+        # Binomial: 150 draws at 95 % put 0.88 more than 3.5 sigma below.
+        coverage = np.mean((low <= 0.2) & (high >= 0.2))
+        assert coverage >= 0.88, (ci, coverage)
+        # Not too wide either: 2 x 1.96 sigma of the estimate's actual scatter between draws.
+        assert np.mean(high - low) == pytest.approx(2 * 1.96 * values.std(), rel=0.2), ci
