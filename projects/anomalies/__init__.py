@@ -2,7 +2,7 @@
 
 from .baselines import PCABaseline, fit_baselines
 from .build import build_feature_store
-from .detector import AnomalyModel, LatentDensity
+from .detector import AnomalyModel, ConditionalLatentDensity, LatentDensity
 from .evaluate import ANOMALY_CLASSES, Evaluation, evaluate, precision_at_k
 from .model import VAE, VAEConfig, masked_terms, select_device, set_threads
 from .prepare import (
@@ -49,6 +49,7 @@ __all__ = [
     "Evaluation",
     "Explanation",
     "FeatureStore",
+    "ConditionalLatentDensity",
     "LatentDensity",
     "ObservedSpectra",
     "PCABaseline",

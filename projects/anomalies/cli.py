@@ -154,6 +154,13 @@ class TrainApp(AnomaliesCommand):
         config=True
     )
     pca_components = Int(10, help="Components of the PCA baseline.").tag(config=True)
+    density = Enum(
+        ["z-local", "gmm"],
+        "z-local",
+        help="Latent density: z-local = Gaussians of the latents of training spectra at "
+        "similar redshift (the rest-frame window moves with z); gmm = one Gaussian "
+        "mixture over all redshifts (models before 2026-11-29).",
+    ).tag(config=True)
 
     aliases = {
         **AnomaliesCommand.aliases,
@@ -166,6 +173,7 @@ class TrainApp(AnomaliesCommand):
         "seed": "TrainApp.seed",
         "device": "TrainApp.device",
         "threads": "TrainApp.threads",
+        "density": "TrainApp.density",
     }
 
     def start(self) -> None:
@@ -179,6 +187,7 @@ class TrainApp(AnomaliesCommand):
             seed=self.seed,
             device=self.device,
             threads=self.threads,
+            density=self.density,
         )
         vae = {"latent": self.latent, "floor": self.floor, "forest_floor": self.forest_floor}
         model = train(self.store, self.model, vae=vae, config=config, progress=self.progress)

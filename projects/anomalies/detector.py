@@ -15,14 +15,29 @@ Scores of a spectrum (all: larger = more anomalous)
   the injected anomalies better than chi^2 per bin (whose excess for a faint
   spectrum is diluted among noise-dominated bins) and is less sensitive to the
   narrow troughs of ordinary BAL quasars;
-* ``density``: ``-log p(mu)`` of the latent mean under the mixture;
+* ``density``: how unusual the latent mean is *for the spectrum's redshift*. The
+  rest-frame window of a spectrum moves with z, so the latents of ordinary quasars
+  lie along a z-dependent manifold; a global density (the Gaussian mixture of
+  earlier models) spends its variance on that and misses objects that are odd only
+  against quasars at their own redshift. :class:`ConditionalLatentDensity` keeps a
+  Gaussian (mean, covariance, from the ``neighbours`` training spectra nearest in
+  ``ln(1 + z)``, trimmed of their most outlying 5 %) at nodes along z; the term is
+  ``ln`` of the squared Mahalanobis distance to the nearest node's Gaussian. On the
+  benchmark mock this lifts the density term's AUC on weak-line quasars from 0.66 to
+  ~0.85 (the VAE's latents do hold the information: a linear discriminant on them,
+  a diagnostic that uses the labels, reaches 0.98). Models without z at scoring
+  time, or saved with a mixture (``density.npz`` with ``weights``), use ``-log p(mu)``
+  under the mixture;
 * ``score``: the combination. Each term is robustly standardised on the training
   spectra ((x - median) / (1.4826 MAD)); the reconstruction term within bins of
   spectrum S/N, because a VAE's systematic residuals grow with S/N: with one global
   scale, the top of the ranking fills with ordinary bright quasars (on the mock,
   the normals among the top 300 had twice the median S/N). The combined score is
   the larger of the two standardised terms (either one flags an object). On the
-  benchmark mock this raised the AUC over injected anomalies from 0.79 to ~0.84.
+  benchmark mock this raised the AUC over injected anomalies from 0.79 to ~0.84, and
+  the z-conditioned density term to ~0.87. (A rank combination, the smaller of the two
+  terms' empirical tail probabilities on the training spectra, ranks the same within
+  0.002 AUC: the max of robustly standardised terms is already rank-like.)
   Models calibrated before this (no ``recon_snr`` in their calibration) keep the
   global scale and the mean of the two terms.
 """
@@ -41,7 +56,14 @@ from sklearn.mixture import GaussianMixture
 from .model import VAE, VAEConfig, coherent_residual, masked_terms, select_device
 from .prepare import RestGrid
 
-__all__ = ["AnomalyModel", "LatentDensity", "calibrate", "robust_scale", "spectrum_snr"]
+__all__ = [
+    "AnomalyModel",
+    "ConditionalLatentDensity",
+    "LatentDensity",
+    "calibrate",
+    "robust_scale",
+    "spectrum_snr",
+]
 
 SCORE_NAMES = ("chi2", "recon", "density", "score")
 #: Default window of the reconstruction score: 40 bins of the default grid, ~17,000 km/s,
@@ -140,6 +162,107 @@ class LatentDensity:
             return cls(d["weights"], d["means"], d["covariances"], d["precisions_cholesky"])
 
 
+@dataclass
+class ConditionalLatentDensity:
+    """Gaussians of the latent means at nodes along redshift (see the module docstring).
+
+    Attributes
+    ----------
+    nodes : ndarray, shape (k,)
+        ``ln(1 + z)`` of the nodes, increasing.
+    means : ndarray, shape (k, latent)
+    precisions : ndarray, shape (k, latent, latent)
+        Inverse covariances.
+    """
+
+    nodes: np.ndarray
+    means: np.ndarray
+    precisions: np.ndarray
+
+    @classmethod
+    def fit(
+        cls,
+        latents: np.ndarray,
+        z: np.ndarray,
+        *,
+        neighbours: int = 300,
+        max_nodes: int = 60,
+        trim: float = 0.05,
+        reg: float = 1e-4,
+    ) -> ConditionalLatentDensity:
+        """Fit from training latents and redshifts (deterministic: no sampling).
+
+        Parameters
+        ----------
+        latents : ndarray, shape (n, latent)
+        z : ndarray, shape (n,)
+        neighbours : int
+            Training spectra (nearest in ``ln(1 + z)``) behind each node's Gaussian.
+        max_nodes : int
+            At most this many nodes (quantiles of z; about one per 100 spectra).
+        trim : float
+            Fraction of a node's neighbours with the largest distance dropped before
+            the final estimate, so that the anomalies among the training spectra do
+            not inflate the covariance.
+        reg : float
+            Added to the covariance diagonal.
+        """
+        x = np.asarray(latents, dtype=np.float64)
+        lz = np.log1p(np.asarray(z, dtype=np.float64))
+        n, dim = x.shape
+        if n < 2:
+            raise ValueError("need at least 2 training spectra to fit the latent density")
+        order = np.argsort(lz, kind="stable")
+        lz_s, x_s = lz[order], x[order]
+        k = int(min(max(neighbours, 2), n))
+        nodes = np.quantile(lz, np.linspace(0, 1, int(np.clip(n // 100, 1, max_nodes))))
+        means, precisions = [], []
+        for node in nodes:
+            lo = int(np.clip(np.searchsorted(lz_s, node) - k // 2, 0, n - k))
+            block = x_s[lo : lo + k]
+            keep = np.ones(len(block), dtype=bool)
+            for _ in range(2 if trim > 0 else 1):
+                mean = block[keep].mean(axis=0)
+                cov = np.atleast_2d(np.cov(block[keep].T)) + reg * np.eye(dim)
+                prec = np.linalg.inv(cov)
+                d = block - mean
+                dist = np.einsum("ij,jk,ik->i", d, prec, d)
+                keep = dist <= np.quantile(dist, 1.0 - trim)
+            means.append(mean)
+            precisions.append(prec)
+        return cls(nodes, np.array(means), np.array(precisions))
+
+    def distance2(self, latents: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """Squared Mahalanobis distance of each latent to its nearest node's Gaussian."""
+        x = np.asarray(latents, dtype=np.float64)
+        if len(x) == 0:
+            return np.zeros(0)
+        lz = np.log1p(np.asarray(z, dtype=np.float64))
+        i = np.clip(np.searchsorted(self.nodes, lz), 1, max(len(self.nodes) - 1, 1))
+        if len(self.nodes) > 1:
+            i = np.where(np.abs(lz - self.nodes[i - 1]) <= np.abs(self.nodes[i] - lz), i - 1, i)
+        else:
+            i = np.zeros(len(x), dtype=np.int64)
+        d = x - self.means[i]
+        return np.einsum("ij,ijk,ik->i", d, self.precisions[i], d)
+
+    def score(self, latents: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """The density term: ``ln`` of :meth:`distance2` (larger = more unusual)."""
+        return np.log(np.maximum(self.distance2(latents, z), 1e-12))
+
+    def save(self, path: Path) -> None:
+        """Write ``density.npz``."""
+        np.savez(path, nodes=self.nodes, means=self.means, precisions=self.precisions)
+
+
+def load_density(path: Path) -> LatentDensity | ConditionalLatentDensity:
+    """Read ``density.npz`` of either kind (a mixture has ``weights``)."""
+    with np.load(path) as d:
+        if "nodes" in d:
+            return ConditionalLatentDensity(d["nodes"], d["means"], d["precisions"])
+    return LatentDensity.load(path)
+
+
 class AnomalyModel:
     """A trained detector, ready to encode, reconstruct and score spectra.
 
@@ -147,7 +270,7 @@ class AnomalyModel:
     ----------
     vae : VAE
     grid : RestGrid
-    density : LatentDensity, optional
+    density : ConditionalLatentDensity or LatentDensity, optional
     calibration : dict, optional
         ``{"recon": [median, scale], "density": [median, scale]}``.
     version : str
@@ -163,7 +286,7 @@ class AnomalyModel:
         vae: VAE,
         grid: RestGrid,
         *,
-        density: LatentDensity | None = None,
+        density: ConditionalLatentDensity | LatentDensity | None = None,
         calibration: dict | None = None,
         version: str = "",
         device: str = "auto",
@@ -195,7 +318,7 @@ class AnomalyModel:
         vae = VAE(VAEConfig.from_dict(info["vae"]))
         vae.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
         density_path = folder / "density.npz"
-        density = LatentDensity.load(density_path) if density_path.exists() else None
+        density = load_density(density_path) if density_path.exists() else None
         return cls(
             vae,
             RestGrid(**info["grid"]),
@@ -265,10 +388,15 @@ class AnomalyModel:
         flux: np.ndarray,
         weight: np.ndarray,
         *,
+        z: np.ndarray | None = None,
         batch_size: int = 1024,
         keep_model: bool = False,
     ) -> dict[str, np.ndarray]:
         """Scores (see the module docstring) and latents of prepared spectra.
+
+        ``z`` (the spectra's redshifts) is needed by a redshift-conditioned latent
+        density; without it the density term is NaN and the score is the
+        reconstruction term alone.
 
         Returns
         -------
@@ -281,10 +409,7 @@ class AnomalyModel:
         floor = self.vae.floor.cpu().numpy()
         coherent = coherent_residual(flux, weight, run["model"], floor, self.window)
         recon = np.log(np.maximum(np.where(np.isfinite(coherent), coherent, chi2), 1e-12))
-        if self.density is not None:
-            density = -self.density.log_density(run["mu"])
-        else:
-            density = np.full(len(chi2), np.nan)
+        density = self.density_term(run["mu"], z)
         out = {
             "chi2": chi2,
             "recon": recon,
@@ -296,6 +421,16 @@ class AnomalyModel:
         if keep_model:
             out["model"] = run["model"]
         return out
+
+    def density_term(self, latents: np.ndarray, z: np.ndarray | None = None) -> np.ndarray:
+        """The latent-density term (NaN where it cannot be computed)."""
+        if isinstance(self.density, ConditionalLatentDensity):
+            if z is None:
+                return np.full(len(latents), np.nan)
+            return self.density.score(latents, z)
+        if self.density is not None:
+            return -self.density.log_density(latents)
+        return np.full(len(latents), np.nan)
 
     def combine(
         self, recon: np.ndarray, density: np.ndarray, snr: np.ndarray | None = None

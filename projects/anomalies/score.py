@@ -84,7 +84,11 @@ def score_shard(
     # A unit owns ``threads`` cores: NumPy's BLAS (mixture densities, PCA solves) must not
     # start one thread per core of the node next to its siblings' (5x slower when loaded).
     with threadpool_limits(threads):
-        scores = detector.score_arrays(np.asarray(flux), np.asarray(weight))
+        if isinstance(detector, AnomalyModel):
+            z = np.asarray(meta["Z"], dtype=np.float64)
+            scores = detector.score_arrays(np.asarray(flux), np.asarray(weight), z=z)
+        else:
+            scores = detector.score_arrays(np.asarray(flux), np.asarray(weight))
     return {"TARGETID": np.asarray(meta["TARGETID"]), "Z": np.asarray(meta["Z"])} | _columns(
         detector, scores
     )
@@ -214,7 +218,7 @@ def explain(
     st = store if isinstance(store, FeatureStore) else FeatureStore(store)
     det = model if isinstance(model, AnomalyModel) else AnomalyModel.load(model)
     flux, weight, meta = st.get(targetids)
-    s = det.score_arrays(flux, weight, keep_model=True)
+    s = det.score_arrays(flux, weight, z=np.asarray(meta["Z"], np.float64), keep_model=True)
     floor = det.vae.floor.cpu().numpy()
     residual = np.where(
         weight > 0, (flux - s["model"]) * np.sqrt(effective_weight(weight, floor)), 0

@@ -26,7 +26,7 @@ import torch
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from .detector import AnomalyModel, LatentDensity, calibrate, spectrum_snr
+from .detector import AnomalyModel, ConditionalLatentDensity, LatentDensity, calibrate, spectrum_snr
 from .model import VAE, VAEConfig, select_device, set_threads
 from .store import FeatureStore
 
@@ -57,8 +57,14 @@ class TrainConfig:
         ``auto``, ``cpu`` or ``cuda``.
     threads : int
         Torch CPU threads; 0 = DESILAB_CPU_LIMIT or the usable cores.
+    density : str
+        Latent density model: ``z-local`` (Gaussians conditioned on redshift, see
+        :class:`~desilab.projects.anomalies.detector.ConditionalLatentDensity`) or
+        ``gmm`` (one Gaussian mixture over all redshifts, as earlier models).
+    density_neighbours : int
+        Training spectra behind each redshift node of the ``z-local`` density.
     gmm_components : int
-        Components of the latent density model.
+        Components of the ``gmm`` latent density.
     density_sample : int
         At most this many latent points fit the density model.
     """
@@ -74,6 +80,8 @@ class TrainConfig:
     threads: int = 0
     gmm_components: int = 8
     density_sample: int = 100_000
+    density: str = "z-local"
+    density_neighbours: int = 300
 
 
 #: Rest wavelength (Angstrom) below which the Lyman-alpha forest absorbs.
@@ -86,8 +94,9 @@ def forest_bins(grid) -> int:
     return int(np.searchsorted(edges[1:], LYA_FOREST_EDGE, side="right"))
 
 
-# Options that may change between a run and its resumption without changing the result.
-_RESUMABLE = {"epochs", "device", "threads"}
+# Options that may change between a run and its resumption without changing the result
+# (the latent density is fitted after training, so its settings do not change the weights).
+_RESUMABLE = {"epochs", "device", "threads", "density", "density_neighbours"}
 
 
 def validation_mask(targetid: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -309,21 +318,30 @@ def finalize(
 ) -> AnomalyModel:
     """Fit the latent density and the score calibration on the training rows; save."""
     detector = AnomalyModel(model, store.grid, device=config.device)
-    latents, recon, snr = [], [], []
+    latents, recon, snr, zs = [], [], [], []
     for i in range(len(store.shards)):
-        f, w, _ = store.load_shard(i)
+        f, w, meta = store.load_shard(i)
         r = rows_train[i]
         s = detector.score_arrays(np.asarray(f[r]), np.asarray(w[r]))
         latents.append(s["latent"])
         recon.append(s["recon"])
         snr.append(spectrum_snr(f[r], w[r]))
-    latents_all = np.concatenate(latents)
+        zs.append(np.asarray(meta["Z"], dtype=np.float64)[r])
+    latents_all, z_all = np.concatenate(latents), np.concatenate(zs)
     rng = np.random.default_rng(config.seed)
-    sample = latents_all
-    if len(sample) > config.density_sample:
-        sample = sample[np.sort(rng.choice(len(sample), config.density_sample, replace=False))]
-    detector.density = LatentDensity.fit(sample, config.gmm_components, config.seed)
-    density = -detector.density.log_density(latents_all)
+    take = np.arange(len(latents_all))
+    if len(take) > config.density_sample:
+        take = np.sort(rng.choice(len(take), config.density_sample, replace=False))
+    sample = latents_all[take]
+    if config.density == "z-local":
+        detector.density = ConditionalLatentDensity.fit(
+            sample, z_all[take], neighbours=config.density_neighbours
+        )
+    elif config.density == "gmm":
+        detector.density = LatentDensity.fit(sample, config.gmm_components, config.seed)
+    else:
+        raise ValueError(f"unknown latent density {config.density!r}: use 'z-local' or 'gmm'")
+    density = detector.density_term(latents_all, z_all)
     detector.calibration = calibrate(np.concatenate(recon), density, np.concatenate(snr))
     detector.save(out, {"epochs": len(history), "train": asdict(config), "n_train": len(sample)})
     return detector

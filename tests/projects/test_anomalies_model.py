@@ -189,3 +189,27 @@ def test_the_reconstruction_score_is_calibrated_within_snr_bins():
     (mr, sr), (md, sd) = cal["recon"], cal["density"]
     old = model.combine(recon[:5], density[:5], snr[:5])
     assert np.allclose(old, 0.5 * ((recon[:5] - mr) / sr + (density[:5] - md) / sd))
+
+
+def test_the_latent_density_is_conditioned_on_redshift(tmp_path):
+    from desilab.projects.anomalies.detector import ConditionalLatentDensity, load_density
+
+    # Ordinary latents move with z (the rest-frame window does): x0 follows ln(1+z)
+    # closely, x1 is free. An object 0.6 off in x0 is ordinary for the population at
+    # large, but not among quasars at its own redshift.
+    rng = np.random.default_rng(5)
+    z = rng.uniform(0.5, 3.5, 3000)
+    lat = np.c_[4 * np.log1p(z) + rng.normal(0, 0.1, z.size), rng.normal(0, 1, z.size)]
+    density = ConditionalLatentDensity.fit(lat, z, neighbours=300)
+    odd = np.array([[4 * np.log1p(2.0) + 0.6, 0.0]])
+    d_train = density.distance2(lat, z)
+    assert density.distance2(odd, np.array([2.0]))[0] > np.quantile(d_train, 0.999)
+    assert np.median(d_train) == pytest.approx(1.39, rel=0.2)  # chi^2, 2 dof
+    # A global Gaussian does not see it.
+    cov_inv = np.linalg.inv(np.cov(lat.T))
+    d_global = np.einsum("ij,jk,ik->i", lat - lat.mean(0), cov_inv, lat - lat.mean(0))
+    d_odd = ((odd - lat.mean(0)) @ cov_inv @ (odd - lat.mean(0)).T)[0, 0]
+    assert d_odd < np.quantile(d_global, 0.9)
+    density.save(tmp_path / "density.npz")
+    again = load_density(tmp_path / "density.npz")
+    assert np.array_equal(again.distance2(lat, z), d_train)

@@ -126,6 +126,42 @@ def test_the_store_holds_every_selected_spectrum_and_resumes(store, tmp_path):
     assert np.array_equal(np.load(copy / "shard-00001.flux.npy"), store.load_shard(1)[0])
 
 
+def test_the_preparation_reader_reads_what_the_coadd_reader_reads(mock, tmp_path):
+    from desilab.desi import CoaddFile, DR1FormatError
+    from desilab.projects.anomalies.build import read_selected_arms
+
+    _, layout = mock
+    sel = select_qsos(layout)
+    keys = zip(sel["SURVEY"], sel["PROGRAM"], sel["HEALPIX"], strict=True)
+    files = sorted({(str(s), str(p), int(h)) for s, p, h in keys})
+    path = next(layout.coadd(*f) for f in files if layout.coadd(*f).exists())
+    with CoaddFile(path) as c:
+        tid = c.targetids
+        ref = c.read(resolution=False)
+    # Every other target, backwards, plus one that is not in the file.
+    want = np.r_[tid[::-2], 1]
+    present, order, arms = read_selected_arms(path, want)
+    assert present.tolist() == [True] * (len(want) - 1) + [False]
+    rows = np.array([np.flatnonzero(tid == t)[0] for t in want[present][order]])
+    assert np.all(np.diff(rows) > 0), "rows come in file order"
+    for arm in "BRZ":
+        assert arms[arm].mask is None, "MASK is not read: ivar = 0 marks masked pixels"
+        assert np.array_equal(arms[arm].wave, ref.arms[arm].wave)
+        assert np.array_equal(arms[arm].flux, ref.arms[arm].flux[rows])
+        assert np.array_equal(arms[arm].ivar, ref.arms[arm].ivar[rows])
+        # The contract the reader relies on: every masked pixel has ivar = 0.
+        assert np.all(ref.arms[arm].ivar[ref.arms[arm].mask != 0] == 0)
+    # A file without an HDU the reader needs: a clear error naming the file and the HDU.
+    from astropy.io import fits
+
+    broken = tmp_path / path.name
+    with fits.open(path) as hdul:
+        fits.HDUList([h for h in hdul if h.name != "Z_IVAR"]).writeto(broken)
+    with pytest.raises(DR1FormatError, match="Z_IVAR") as err:
+        read_selected_arms(broken, want)
+    assert broken.name in str(err.value)
+
+
 @pytest.fixture(scope="module")
 def trained(store, tmp_path_factory):
     out = tmp_path_factory.mktemp("anomaly-model")
