@@ -48,7 +48,16 @@ from .qtable import (
     unit_of_comment,
 )
 from .schema import TABLES
-from .skyquery import XMATCH_TABLE, SkyTable, cone_sql, find_radec, positions, xmatch_sql
+from .skyquery import (
+    XMATCH_TABLE,
+    ConePlan,
+    SkyTable,
+    cone_sql,
+    cone_table,
+    find_radec,
+    positions,
+    xmatch_sql,
+)
 from .spectra import read_spectra
 
 __all__ = ["Catalog"]
@@ -86,6 +95,10 @@ def _nearest_first(row: Sequence | None) -> tuple[list, int]:
         h = h[order]
     arrays[-1] = np.degrees(2 * np.arcsin(np.sqrt(np.minimum(1.0, h)))) * 3600.0
     return arrays, len(h)
+
+
+#: Fewest candidates a cone fetches for its exact test in the client (else 4 x its limit).
+_MIN_CAP = 50_000
 
 
 class Catalog:
@@ -129,6 +142,7 @@ class Catalog:
         self._session_ms: int | None = None
         self._units: dict[tuple[int, int], str | None] | None = None
         self._sky: dict[str, SkyTable] = {}
+        self._plans: dict[tuple, ConePlan | None] = {}
 
     # -- connection --------------------------------------------------------------------------
 
@@ -212,14 +226,17 @@ class Catalog:
         server_cursor: bool,
         transaction: bool = True,
         packed: SkyTable | None = None,
-    ) -> QueryTable:
+        exact: tuple[ConePlan, float, float, float, int] | None = None,
+    ) -> QueryTable | None:
         """Run one statement and fetch at most ``limit + 1`` rows.
 
         With ``transaction`` the statement runs in a READ ONLY transaction whose
         commands are pipelined (one round trip); without, as a single autocommit
         statement under the session's statement_timeout (our own SQL only).
         With ``packed`` (the table of a cone) the statement returns one row of
-        arrays, one per column, the last ``dist``; they become the columns.
+        arrays, one per column, the last ``dist``; they become the columns. With
+        ``exact`` as well (plan, ra, dec, radius, cap), the arrays are a cone's
+        candidates, tested by :meth:`ConePlan.within`; None when they exceed the cap.
         """
         with self._lock:
             conn = self._connection()
@@ -255,7 +272,15 @@ class Catalog:
             except BaseException:
                 self._reset(conn)
                 raise
-        if packed:
+        if exact is not None:
+            plan = exact[0]
+            got = plan.within(rows[0] if rows else None, *exact[1:])
+            if got is None:
+                return None
+            arrays, n = got
+            types = [d.type_code for d in description[: len(plan.names)]]
+            table = cone_table(plan, types, [a[:limit] for a in arrays], packed.units)
+        elif packed:
             arrays, n = _nearest_first(rows[0] if rows else None)
             units = [packed.units.get(d.name) for d in description]
             table = table_of_arrays(description, [a[:limit] for a in arrays], units)
@@ -435,8 +460,24 @@ class Catalog:
         ra_d, dec_d, r_d = sky.to_degrees(ra), sky.to_degrees(dec), sky.to_degrees(radius)
         info = self._sky_table(table)
         limit = self.limit if limit is None else int(limit)
-        text, n_ranges, packed = cone_sql(info, ra_d, dec_d, r_d, columns, where, limit)
         run = dict(limit=limit, timeout=timeout, server_cursor=False, transaction=bool(where))
+        # The exact distance test in NumPy on the candidates (see ConePlan), unless
+        # there are too many to fetch or a column is not a scalar: then in SQL, below.
+        cap = max(_MIN_CAP, 4 * (limit + 1))
+        key = (table, None if columns is None else tuple(columns))
+        if key not in self._plans:
+            self._plans[key] = ConePlan.of(info, columns)
+        plan = self._plans[key]
+        if plan is not None:
+            text, n_ranges = plan.sql(ra_d, dec_d, r_d, where, cap)
+            out = self._run(
+                text, params if where else None, packed=info,
+                exact=(plan, ra_d, dec_d, r_d, cap), **run,
+            )  # fmt: skip
+            if out is not None:
+                out.meta.update(ra=ra_d, dec=dec_d, radius_deg=r_d, ranges=n_ranges)
+                return out
+        text, n_ranges, packed = cone_sql(info, ra_d, dec_d, r_d, columns, where, limit)
         out = self._run(text, params if where else None, packed=info if packed else None, **run)
         if packed and out.meta["truncated"]:
             # More matches than the cap: ask again for the nearest ``limit`` (sorted there).

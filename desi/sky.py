@@ -121,7 +121,7 @@ def cone_order(radius_deg: float) -> int:
     return max(0, min(_CONE_MAX_ORDER, k))
 
 
-def cone_ranges(ra: float, dec: float, radius_deg: float) -> np.ndarray:
+def cone_ranges(ra: float, dec: float, radius_deg: float, coarser: int = 0) -> np.ndarray:
     """``hpx`` ranges covering a cone.
 
     Parameters
@@ -130,6 +130,9 @@ def cone_ranges(ra: float, dec: float, radius_deg: float) -> np.ndarray:
         Centre, degrees.
     radius_deg : float
         Radius, degrees (at most 180).
+    coarser : int
+        Cover with pixels this many orders coarser than :func:`cone_order`'s (fewer,
+        cheaper to find, more rows to test).
 
     Returns
     -------
@@ -143,7 +146,7 @@ def cone_ranges(ra: float, dec: float, radius_deg: float) -> np.ndarray:
         raise ValueError(f"cone radius must be a non-negative angle, not {radius_deg!r} deg")
     if radius_deg >= 90:
         return np.array([[0, 12 << (2 * HPX_ORDER)]], dtype=np.int64)
-    order = cone_order(radius_deg)
+    order = max(0, cone_order(radius_deg) - coarser)
     # A small margin keeps pixels that only touch the rim (the exact test follows).
     pad = radius_deg * (1 + 1e-6) + 1e-9
     if _c_cone_search is not None:

@@ -193,3 +193,24 @@ def test_cone_with_ra_in_either_convention_nulls_text_and_no_rows(sky):
     empty = cat.cone(10.0, 10.0, 1e-7, table="public.sky_pm")
     assert len(empty) == 0 and empty["dist"].unit == u.arcsec
     assert empty.colnames == ["targetid", "ra", "dec", "mag", "label", "dist"]
+
+
+def test_cone_client_test_and_sql_test_agree(sky, monkeypatch):
+    """The exact test in the client (one scan per range, or ORed ranges with ``where``) and
+    the SQL test used past the candidate cap give the same rows, nearest first."""
+    from desilab.desi import catalog as catalog_module
+
+    cat, _, _, _ = sky
+    for ra0, dec0, r in [(0.0, 90.0, 0.3), (359.999, 41.8, 0.3), (45.0, 41.8103, 2 / 60)]:
+        a = cat.cone(ra0, dec0, r, table="public.sky", limit=10**6)
+        assert " UNION ALL " in a.meta["sql"] or a.meta["ranges"] == 1
+        b = cat.cone(ra0, dec0, r, table="public.sky", where="mag > %s", params=(0,), limit=10**6)
+        assert " OR " in b.meta["sql"] or b.meta["ranges"] == 1
+        assert len(a) > 20 and list(a["targetid"]) == list(b["targetid"])
+        np.testing.assert_allclose(a["dist"], b["dist"])
+        monkeypatch.setattr(catalog_module, "_MIN_CAP", 5)  # 5 candidates at most
+        c = cat.cone(ra0, dec0, r, table="public.sky", limit=1)
+        monkeypatch.undo()
+        assert "ORDER BY h" in c.meta["sql"] and c.meta["truncated"]
+        assert list(c["targetid"]) == list(a["targetid"][:1])
+        np.testing.assert_allclose(c["dist"], a["dist"][:1])
