@@ -34,8 +34,14 @@ host    all   all   ::1/128       scram-sha-256
 
 #: Server settings for a catalog of tens of millions of rows on a small machine. Bulk
 #: loads (desilab ingest) want few checkpoints and big sorts for index builds; sky
-#: queries want the index pages cached, SSD costs and no JIT compile delay.
+#: queries want the index pages cached, SSD costs and no JIT compile delay. The
+#: embedded server has no replicas, so WAL carries only crash recovery
+#: (``wal_level=minimal``): index builds then write no WAL at all (an ingest of 3M
+#: rows: indexes 17.5 -> 11.1 s). pg_dump backups work as before; a lab that wants
+#: streaming replication or point-in-time recovery runs an external PostgreSQL.
 SERVER_SETTINGS = {
+    "wal_level": "minimal",
+    "max_wal_senders": "0",
     "shared_buffers": "512MB",
     "effective_cache_size": "4GB",
     "work_mem": "32MB",
