@@ -60,7 +60,9 @@ def rows_of(part: int, n: int, seed: int = 1) -> np.ndarray:
     ra = rng.uniform(0, 360, n)
     dec = np.degrees(np.arcsin(rng.uniform(-1, 1, n)))
     brick = np.floor((dec + 90) / 0.25).astype(np.int64) * 1440 + np.floor(ra / 0.25).astype(int)
-    out["TARGETID"] = (np.int64(9010 + part) << 42) | (brick << 22) | rng.integers(0, 2**22, n)
+    # Object numbers unique within the file (random ones collide now and then).
+    objid = rng.permutation(n).astype(np.int64) & (2**22 - 1)
+    out["TARGETID"] = (np.int64(9010 + part) << 42) | (brick << 22) | objid
     out["SURVEY"], out["PROGRAM"] = b"main", b"dark"
     out["HEALPIX"] = HEALPix(64, order="nested").lonlat_to_healpix(ra * u.deg, dec * u.deg)
     out["TARGET_RA"], out["TARGET_DEC"] = ra, dec
