@@ -213,3 +213,21 @@ def test_the_latent_density_is_conditioned_on_redshift(tmp_path):
     density.save(tmp_path / "density.npz")
     again = load_density(tmp_path / "density.npz")
     assert np.array_equal(again.distance2(lat, z), d_train)
+
+
+def test_the_auc_error_matches_sklearn_and_the_bootstrap_spread():
+    from desilab.projects.anomalies.evaluate import auc_with_error
+
+    rng = np.random.default_rng(7)
+    y = rng.random(4000) < 0.02  # ~80 positives, as per class in the benchmark
+    s = rng.normal(size=4000) + 1.5 * y
+    s[:200] = np.round(s[:200])  # ties count one half, as in sklearn
+    auc, err = auc_with_error(y, s)
+    assert auc == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    boot = []
+    for _ in range(300):
+        i = rng.integers(0, len(y), len(y))
+        boot.append(roc_auc_score(y[i], s[i]))
+    assert err == pytest.approx(np.std(boot), rel=0.25)
+    # Fewer positives, wider error.
+    assert auc_with_error(y[:1000], s[:1000])[1] > err
