@@ -93,7 +93,7 @@ def _nearest_first(row: Sequence | None) -> tuple[list, int]:
         order = np.argsort(h, kind="stable")
         arrays = [a[order] if isinstance(a, np.ndarray) else [a[i] for i in order] for a in arrays]
         h = h[order]
-    arrays[-1] = np.degrees(2 * np.arcsin(np.sqrt(np.minimum(1.0, h)))) * 3600.0
+    arrays[-1] = sky.haversine_arcsec(h)
     return arrays, len(h)
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "cone_order",
     "cone_ranges",
     "distance_sql",
+    "haversine_arcsec",
     "haversine_sql",
     "haversine_limit",
     "hpx_index",
@@ -284,6 +285,11 @@ def haversine_sql(ra1: str, dec1: str, ra2: str, dec2: str) -> str:
 def haversine_limit(radius_deg: float) -> float:
     """The haversine ``sin^2(r/2)`` of a radius in degrees (compare with <=)."""
     return math.sin(math.radians(radius_deg) / 2) ** 2
+
+
+def haversine_arcsec(h: np.ndarray) -> np.ndarray:
+    """Angular distance in arcsec of haversines ``h`` (NumPy twin of :func:`distance_sql`)."""
+    return np.degrees(2 * np.arcsin(np.sqrt(np.minimum(1.0, h)))) * 3600.0
 
 
 def distance_sql(haversine: str) -> str:

@@ -330,7 +330,7 @@ class ConePlan:
             order = np.argsort(h, kind="stable")
             keep, h = keep[order], h[order]
         arrays = [_take(row[i], keep) for i in range(len(self.names))]
-        arrays.append(np.degrees(2 * np.arcsin(np.sqrt(np.minimum(1.0, h)))) * 3600.0)
+        arrays.append(sky.haversine_arcsec(h))
         return arrays, len(h)
 
 
