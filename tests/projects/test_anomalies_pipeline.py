@@ -128,7 +128,7 @@ def test_the_store_holds_every_selected_spectrum_and_resumes(store, tmp_path):
 
 def test_the_preparation_reader_reads_what_the_coadd_reader_reads(mock, tmp_path):
     from desilab.desi import CoaddFile, DR1FormatError
-    from desilab.projects.anomalies.build import read_selected_arms
+    from desilab.desi.coadd_rows import read_selected_arms
 
     _, layout = mock
     sel = select_qsos(layout)
